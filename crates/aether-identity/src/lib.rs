@@ -1,0 +1,342 @@
+//! Keys of a lattice.
+//!
+//! Every signature in Aether is ed25519. This crate owns how keys are stored
+//! (secret key files readable only by their owner), how public keys are
+//! written (`ed25519:<base64url>`), and sets of trusted keys. Verification is
+//! always `verify_strict`, so every node agrees on which signatures are valid.
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+
+pub mod home;
+
+pub use ed25519_dalek::Signature;
+
+/// First line of a secret key file.
+const SECRET_HEADER: &str = "aether-ed25519-secret-v1";
+/// Prefix of a written public key.
+const PUBLIC_PREFIX: &str = "ed25519:";
+
+/// Errors reading, writing or parsing keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file could not be read or written.
+    #[error("{action} key file {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The key file exists but is not a key this crate wrote.
+    #[error("{path} is not an Aether secret key file ({reason})")]
+    BadSecretFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The key file is readable by others.
+    #[error(
+        "{path} is readable by other users (mode {mode:o}); run `chmod 600 {path}` and try again"
+    )]
+    InsecurePermissions {
+        /// The file.
+        path: PathBuf,
+        /// Its mode bits.
+        mode: u32,
+    },
+    /// A public key string is malformed.
+    #[error("`{0}` is not a public key: expected `ed25519:` followed by 43 base64url characters")]
+    BadPublicKey(String),
+    /// Refused to overwrite an existing key.
+    #[error("{0} already exists; refusing to overwrite a key")]
+    Exists(PathBuf),
+}
+
+/// A secret signing key with the path it was loaded from.
+#[derive(Clone)]
+pub struct SecretKey {
+    key: SigningKey,
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({})", self.public())
+    }
+}
+
+impl SecretKey {
+    /// A new random key from the OS's generator.
+    pub fn generate() -> Self {
+        Self {
+            key: SigningKey::generate(&mut rand::rngs::OsRng),
+        }
+    }
+
+    /// The key from 32 secret bytes (tests and deterministic simulations).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self {
+            key: SigningKey::from_bytes(bytes),
+        }
+    }
+
+    /// Its public half.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.key.verifying_key())
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> Signature {
+        self.key.sign(message)
+    }
+
+    /// Writes the key to `path` with mode 0600, refusing to overwrite one.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        let io = |source| KeyError::Io {
+            action: "writing",
+            path: path.to_path_buf(),
+            source,
+        };
+        if path.exists() {
+            return Err(KeyError::Exists(path.to_path_buf()));
+        }
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(io)?;
+        }
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        let mut file = options.open(path).map_err(io)?;
+        let body = format!(
+            "{SECRET_HEADER}\n{}\n",
+            URL_SAFE_NO_PAD.encode(self.key.to_bytes())
+        );
+        file.write_all(body.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        Ok(())
+    }
+
+    /// Reads a key written by [`SecretKey::write_new`]; refuses files that
+    /// other users can read.
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            if let Ok(meta) = fs::metadata(path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    return Err(KeyError::InsecurePermissions {
+                        path: path.to_path_buf(),
+                        mode,
+                    });
+                }
+            }
+        }
+        let bad = |reason| KeyError::BadSecretFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut lines = text.lines();
+        if lines.next() != Some(SECRET_HEADER) {
+            return Err(bad("missing header line"));
+        }
+        let encoded = lines.next().ok_or_else(|| bad("missing key line"))?;
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded.trim())
+            .map_err(|_| bad("key line is not base64url"))?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| bad("key is not 32 bytes"))?;
+        Ok(Self::from_bytes(&bytes))
+    }
+}
+
+/// A public key, written `ed25519:<base64url>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// The 32 raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// Builds a key from 32 raw bytes; fails for invalid curve points.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        VerifyingKey::from_bytes(bytes)
+            .map(Self)
+            .map_err(|_| KeyError::BadPublicKey(URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    /// Strictly verifies `signature` over `message` (rejects weak keys and
+    /// non-canonical signatures, identically on every node).
+    pub fn verify(&self, message: &[u8], signature: &Signature) -> bool {
+        self.0.verify_strict(message, signature).is_ok()
+    }
+
+    /// Reads a public key from a file holding its written form (or a secret key file).
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        let text = fs::read_to_string(path).map_err(|source| KeyError::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if text.starts_with(SECRET_HEADER) {
+            return Ok(SecretKey::read(path)?.public());
+        }
+        text.trim().parse()
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PUBLIC_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || KeyError::BadPublicKey(s.to_string());
+        let encoded = s.strip_prefix(PUBLIC_PREFIX).ok_or_else(bad)?;
+        let bytes = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| bad())?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
+        VerifyingKey::from_bytes(&bytes)
+            .map(Self)
+            .map_err(|_| bad())
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
+/// Parses a 64-byte signature.
+pub fn signature_from_slice(bytes: &[u8]) -> Option<Signature> {
+    Signature::from_slice(bytes).ok()
+}
+
+/// A set of keys trusted for one purpose (publishing essences, administering a node).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedKeys(BTreeSet<PublicKey>);
+
+impl TrustedKeys {
+    /// An empty set (trusts nothing).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a key.
+    pub fn insert(&mut self, key: PublicKey) {
+        self.0.insert(key);
+    }
+
+    /// Whether `key` is trusted.
+    pub fn contains(&self, key: &PublicKey) -> bool {
+        self.0.contains(key)
+    }
+
+    /// Whether no key is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The keys, in a stable order.
+    pub fn iter(&self) -> impl Iterator<Item = &PublicKey> {
+        self.0.iter()
+    }
+}
+
+impl FromIterator<PublicKey> for TrustedKeys {
+    fn from_iter<I: IntoIterator<Item = PublicKey>>(iter: I) -> Self {
+        Self(iter.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_file_round_trip_and_permissions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k.key");
+        let key = SecretKey::generate();
+        key.write_new(&path).expect("write");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        let back = SecretKey::read(&path).expect("read");
+        assert_eq!(back.public(), key.public());
+        assert!(matches!(key.write_new(&path), Err(KeyError::Exists(_))));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+            assert!(matches!(
+                SecretKey::read(&path),
+                Err(KeyError::InsecurePermissions { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn public_key_text_form() {
+        let key = SecretKey::generate().public();
+        let text = key.to_string();
+        assert!(text.starts_with("ed25519:"));
+        assert_eq!(text.parse::<PublicKey>().expect("parse"), key);
+        assert!("ed25519:abc".parse::<PublicKey>().is_err());
+        assert!("rsa:AAAA".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn strict_verification() {
+        let key = SecretKey::generate();
+        let sig = key.sign(b"hello");
+        assert!(key.public().verify(b"hello", &sig));
+        assert!(!key.public().verify(b"hellO", &sig));
+        let other = SecretKey::generate();
+        assert!(!other.public().verify(b"hello", &sig));
+    }
+}

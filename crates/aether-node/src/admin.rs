@@ -1,0 +1,287 @@
+//! The admin API server. Every route but `/metrics` and `/healthz` requires a
+//! signed request (see `aether_admin::auth`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use aether_admin::auth::Verifier;
+use aether_admin::types::{ApiError, DeployResponse, LogLineJson, NodeStatus};
+use aether_runtime::LogLine;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::deployments::{DeployError, Deployments};
+
+type AdminBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub(crate) struct AdminState {
+    verifier: Verifier,
+    deployments: Arc<Deployments>,
+    registry: Registry,
+    http_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    started: Instant,
+    max_essence_bytes: usize,
+}
+
+impl AdminState {
+    pub(crate) fn new(
+        config: &NodeConfig,
+        deployments: Arc<Deployments>,
+        http_addr: SocketAddr,
+        admin_addr: SocketAddr,
+        started: Instant,
+    ) -> Self {
+        let mut registry = Registry::default();
+        deployments.runtime().metrics().register(&mut registry);
+        Self {
+            verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),
+            deployments,
+            registry,
+            http_addr,
+            admin_addr,
+            started,
+            max_essence_bytes: config.max_essence_bytes,
+        }
+    }
+}
+
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                let service = service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                });
+                let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move { let _ = conn.await; });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
+}
+
+fn body(bytes: impl Into<Bytes>) -> AdminBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<AdminBody> {
+    let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut resp = Response::new(body(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response<AdminBody> {
+    json(
+        status,
+        &ApiError {
+            error: message.into(),
+        },
+    )
+}
+
+async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<AdminBody> {
+    let method = req.method().clone();
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    let path = req.uri().path().to_string();
+
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return Response::new(body("ok\n")),
+        (&Method::GET, "/metrics") => {
+            let mut text = String::new();
+            if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
+                return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+            }
+            let mut resp = Response::new(body(text));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            return resp;
+        }
+        _ => {}
+    }
+
+    let (parts, incoming) = req.into_parts();
+    let limit = if method == Method::POST {
+        state.max_essence_bytes
+    } else {
+        64 * 1024
+    };
+    let bytes = match Limited::new(incoming, limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body refused: {e} (limit {limit} bytes)"),
+            );
+        }
+    };
+    if let Err(e) = state
+        .verifier
+        .verify(method.as_str(), &path_and_query, &parts.headers, &bytes)
+    {
+        tracing::warn!(%path, "admin request refused: {e}");
+        return error(StatusCode::UNAUTHORIZED, e.to_string());
+    }
+
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["v1", "status"]) => {
+            let components = state
+                .deployments
+                .list()
+                .iter()
+                .map(|d| state.deployments.status(d))
+                .collect();
+            json(
+                StatusCode::OK,
+                &NodeStatus {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    http_addr: state.http_addr.to_string(),
+                    admin_addr: state.admin_addr.to_string(),
+                    uptime_secs: state.started.elapsed().as_secs(),
+                    components,
+                },
+            )
+        }
+        (&Method::POST, ["v1", "deploy"]) => match state.deployments.deploy(bytes.to_vec()).await {
+            Ok((d, replaced)) => json(
+                StatusCode::OK,
+                &DeployResponse {
+                    component: state.deployments.status(&d),
+                    replaced,
+                },
+            ),
+            Err(e) => {
+                let status = match &e {
+                    DeployError::Essence(aether_essence::EssenceError::Untrusted(_)) => {
+                        StatusCode::FORBIDDEN
+                    }
+                    DeployError::Conflict(_) => StatusCode::CONFLICT,
+                    DeployError::Storage { .. } => StatusCode::INSUFFICIENT_STORAGE,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                tracing::warn!("deploy refused: {e}");
+                error(status, e.to_string())
+            }
+        },
+        (&Method::GET, ["v1", "components", name]) => match state.deployments.get(name) {
+            Some(d) => json(StatusCode::OK, &state.deployments.status(&d)),
+            None => error(StatusCode::NOT_FOUND, format!("no component named `{name}`")),
+        },
+        (&Method::DELETE, ["v1", "components", name]) => {
+            match state.deployments.remove(name).await {
+                Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+                Ok(false) => error(StatusCode::NOT_FOUND, format!("no component named `{name}`")),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            }
+        }
+        (&Method::GET, ["v1", "logs", name]) => logs(state, name, parts.uri.query()),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no admin endpoint {method} {path}"),
+        ),
+    }
+}
+
+fn line_json(component: &str, line: &LogLine) -> Bytes {
+    let time_ms = line
+        .time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut v = serde_json::to_vec(&LogLineJson {
+        component: component.to_string(),
+        seq: line.seq,
+        time_ms,
+        stream: line.stream.as_str().into(),
+        text: line.text.clone(),
+    })
+    .unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Response<AdminBody> {
+    let Some(d) = state.deployments.get(name) else {
+        return error(StatusCode::NOT_FOUND, format!("no component named `{name}`"));
+    };
+    let mut tail = 100usize;
+    let mut follow = false;
+    for pair in query.unwrap_or("").split('&') {
+        match pair.split_once('=') {
+            Some(("tail", n)) => tail = n.parse().unwrap_or(100),
+            Some(("follow", v)) => follow = v == "1" || v == "true",
+            _ => {}
+        }
+    }
+    let sink = d.component.logs().clone();
+    // Subscribe before reading the tail so no line falls between the two.
+    let live = sink.follow();
+    let past = sink.tail(tail);
+    let last_seq = past.last().map(|l| l.seq);
+    let component = name.to_string();
+    let head = futures::stream::iter(
+        past.iter()
+            .map(|l| Ok::<_, std::io::Error>(Frame::data(line_json(&component, l))))
+            .collect::<Vec<_>>(),
+    );
+    let mut resp = if follow {
+        let component2 = component.clone();
+        let rest = futures::stream::unfold(live, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(line) => return Some((line, rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .filter(move |l| futures::future::ready(last_seq.is_none_or(|s| l.seq > s)))
+        .map(move |l| Ok(Frame::data(line_json(&component2, &l))));
+        Response::new(BodyExt::boxed_unsync(StreamBody::new(head.chain(rest))))
+    } else {
+        Response::new(BodyExt::boxed_unsync(StreamBody::new(head)))
+    };
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}

@@ -1,0 +1,254 @@
+//! The components this node runs, and their persistence across restarts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aether_admin::types::ComponentStatus;
+use aether_essence::{Essence, EssenceError};
+use aether_identity::{PublicKey, TrustedKeys};
+use aether_runtime::{CacheOutcome, LoadError, LoadedComponent, Runtime};
+use arc_swap::ArcSwap;
+
+use crate::config::NodeConfig;
+use crate::router::{RouteConflict, RouteTable, route_text};
+
+/// One deployed component.
+pub struct Deployment {
+    /// The loaded component.
+    pub component: LoadedComponent,
+    /// Key that signed its essence.
+    pub publisher: PublicKey,
+    /// Unix seconds of the deploy.
+    pub deployed_at: u64,
+}
+
+/// Why a deploy was refused. Nothing changes on the node when it is.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The essence is malformed, tampered, unsigned or untrusted.
+    #[error(transparent)]
+    Essence(#[from] EssenceError),
+    /// The component cannot run here.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Its routes collide with another deployment's.
+    #[error(transparent)]
+    Conflict(#[from] RouteConflict),
+    /// Persisting it failed (for example a full disk).
+    #[error("could not store the essence in {path}: {source}")]
+    Storage {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+struct Snapshot {
+    by_name: BTreeMap<String, Arc<Deployment>>,
+    routes: RouteTable<Deployment>,
+}
+
+/// The set of deployments, read lock-free by the ingress and replaced whole
+/// by each deploy or removal.
+pub struct Deployments {
+    runtime: Runtime,
+    publishers: TrustedKeys,
+    essence_dir: PathBuf,
+    current: ArcSwap<Snapshot>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Deployments {
+    pub(crate) fn new(config: &NodeConfig, runtime: Runtime) -> Self {
+        Self {
+            runtime,
+            publishers: config.publishers.clone(),
+            essence_dir: config.essence_dir(),
+            current: ArcSwap::from_pointee(Snapshot {
+                by_name: BTreeMap::new(),
+                routes: RouteTable::default(),
+            }),
+            writer: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The runtime components run on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The deployment serving `host` and `path`, if any.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<Arc<Deployment>> {
+        self.current.load().routes.lookup(host, path).cloned()
+    }
+
+    /// A deployment by name.
+    pub fn get(&self, name: &str) -> Option<Arc<Deployment>> {
+        self.current.load().by_name.get(name).cloned()
+    }
+
+    /// All deployments, by name.
+    pub fn list(&self) -> Vec<Arc<Deployment>> {
+        self.current.load().by_name.values().cloned().collect()
+    }
+
+    /// Verifies, loads and starts serving an essence; persists it so a
+    /// restart serves it again. Returns whether it replaced a deployment.
+    pub async fn deploy(&self, essence: Vec<u8>) -> Result<(Arc<Deployment>, bool), DeployError> {
+        let verified = Essence::open(&essence)?.verify(&self.publishers)?;
+        let _guard = self.writer.lock().await;
+        let publisher = verified.publisher();
+        let name = verified.manifest().name.clone();
+        let previous = self.get(&name);
+        let runtime = self.runtime.clone();
+        let logs = previous.as_ref().map(|p| p.component.logs().clone());
+        let (manifest, wasm) = verified.into_parts();
+        let component = tokio::task::spawn_blocking(move || {
+            runtime.load_with_logs(&manifest, &wasm, logs)
+        })
+        .await
+        .map_err(|e| {
+            DeployError::Load(LoadError::Invalid {
+                name: name.clone(),
+                reason: format!("loader stopped: {e}"),
+            })
+        })??;
+        let deployment = Arc::new(Deployment {
+            component,
+            publisher,
+            deployed_at: now_secs(),
+        });
+        let mut by_name = self.current.load().by_name.clone();
+        by_name.insert(name.clone(), deployment.clone());
+        let routes = build_routes(&by_name)?;
+        self.persist(&name, &essence)?;
+        self.current.store(Arc::new(Snapshot { by_name, routes }));
+        tracing::info!(
+            component = %name,
+            hash = %deployment.component.content_hash(),
+            "deployed ({} ms activation)",
+            deployment.component.activation_time().as_millis()
+        );
+        Ok((deployment, previous.is_some()))
+    }
+
+    /// Stops serving `name` and forgets it across restarts.
+    pub async fn remove(&self, name: &str) -> Result<bool, DeployError> {
+        let _guard = self.writer.lock().await;
+        let mut by_name = self.current.load().by_name.clone();
+        if by_name.remove(name).is_none() {
+            return Ok(false);
+        }
+        let routes = build_routes(&by_name)?;
+        let path = self.essence_path(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DeployError::Storage { path, source }),
+        }
+        self.current.store(Arc::new(Snapshot { by_name, routes }));
+        tracing::info!(component = %name, "removed");
+        Ok(true)
+    }
+
+    /// Redeploys every essence stored before a restart; returns how many.
+    pub(crate) async fn restore(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.essence_dir) else {
+            return 0;
+        };
+        let mut restored = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("essence") {
+                continue;
+            }
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot read stored essence: {e}");
+                    continue;
+                }
+            };
+            match self.deploy(bytes).await {
+                Ok(_) => restored += 1,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "stored essence not restored: {e}")
+                }
+            }
+        }
+        restored
+    }
+
+    fn essence_path(&self, name: &str) -> PathBuf {
+        self.essence_dir.join(format!("{name}.essence"))
+    }
+
+    fn persist(&self, name: &str, essence: &[u8]) -> Result<(), DeployError> {
+        let path = self.essence_path(name);
+        let storage = |source| DeployError::Storage {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.essence_dir).map_err(storage)?;
+        let tmp = self.essence_dir.join(format!(".{name}.essence.tmp"));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(essence)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            storage(e)
+        })
+    }
+
+    /// Status of one deployment for the admin API.
+    pub fn status(&self, d: &Deployment) -> ComponentStatus {
+        let c = &d.component;
+        let m = c.manifest();
+        let requests = self.runtime.metrics().requests_for(c.name());
+        ComponentStatus {
+            name: c.name().to_string(),
+            version: m.version.clone(),
+            content_hash: c.content_hash().to_string(),
+            publisher: d.publisher.to_string(),
+            routes: m.http.routes.iter().map(route_text).collect(),
+            state: "running".into(),
+            instances: c.running_instances(),
+            max_concurrency: m.limits.max_concurrency,
+            requests,
+            activation_ms: c.activation_time().as_secs_f64() * 1000.0,
+            compile_cache: match c.cache_outcome() {
+                CacheOutcome::Hit => "hit",
+                CacheOutcome::Miss => "miss",
+                CacheOutcome::Uncached => "uncached",
+            }
+            .into(),
+            deployed_at: d.deployed_at,
+        }
+    }
+}
+
+fn build_routes(
+    by_name: &BTreeMap<String, Arc<Deployment>>,
+) -> Result<RouteTable<Deployment>, RouteConflict> {
+    RouteTable::build(by_name.iter().map(|(name, d)| {
+        (
+            name.as_str(),
+            d.component.manifest().http.routes.as_slice(),
+            d.clone(),
+        )
+    }))
+}

@@ -1,0 +1,281 @@
+//! Turning component bytes and a manifest into something that serves.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aether_manifest::Manifest;
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use wasmtime::component::{Component, Linker, types::ComponentItem};
+use wasmtime_wasi_config::WasiConfigVariables;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::cache::CacheOutcome;
+use crate::capabilities::OutboundPolicy;
+use crate::engine::Runtime;
+use crate::host::{self, HostState};
+use crate::logs::{LogSink, LogStream};
+use crate::metrics::ComponentLabel;
+
+/// Lines of output kept per component for `alkahest logs`.
+const LOG_LINES_KEPT: usize = 10_000;
+
+/// Why a component cannot be loaded. Each message says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not WebAssembly at all.
+    #[error("`{name}` is not a WebAssembly file (it does not start with `\\0asm`)")]
+    NotWasm {
+        /// Component name.
+        name: String,
+    },
+    /// A core module was given where a component is needed.
+    #[error(
+        "`{name}` is a core WebAssembly module, not a component; build for the \
+         `wasm32-wasip2` target, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule {
+        /// Component name.
+        name: String,
+    },
+    /// The component imports interfaces this node does not provide.
+    #[error(
+        "`{name}` imports interfaces this node does not provide: {}; \
+         remove them or build against the `wasi:http/proxy` world",
+        missing.join(", ")
+    )]
+    MissingImports {
+        /// Component name.
+        name: String,
+        /// Every unsatisfied import, as `ns:pkg/interface@version`.
+        missing: Vec<String>,
+    },
+    /// The component does not export `wasi:http/incoming-handler`.
+    #[error(
+        "`{name}` does not export `wasi:http/incoming-handler@0.2.x`, so it cannot serve \
+         HTTP: {reason}"
+    )]
+    NotHttp {
+        /// Component name.
+        name: String,
+        /// The linker's explanation.
+        reason: String,
+    },
+    /// Compiling or linking failed.
+    #[error("`{name}` is not a valid component: {reason}")]
+    Invalid {
+        /// Component name.
+        name: String,
+        /// The engine's explanation.
+        reason: String,
+    },
+}
+
+/// Hex SHA-256 of component bytes: the key of the compile cache and of essences.
+pub fn content_hash(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
+}
+
+/// A component ready to serve: compiled, linked, pre-instantiated, with its
+/// limits and grants from the manifest.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pub(crate) inner: Arc<ComponentInner>,
+}
+
+pub(crate) struct ComponentInner {
+    pub(crate) name: Arc<str>,
+    pub(crate) label: ComponentLabel,
+    pub(crate) hash: String,
+    pub(crate) runtime: Runtime,
+    pub(crate) pre: ProxyPre<HostState>,
+    pub(crate) manifest: Manifest,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) config: Arc<WasiConfigVariables>,
+    pub(crate) outbound: Arc<OutboundPolicy>,
+    pub(crate) logs: LogSink,
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) cache: CacheOutcome,
+    pub(crate) activation: Duration,
+}
+
+impl Runtime {
+    /// Validates, compiles (or loads from the cache) and pre-instantiates a
+    /// component. Blocking: call from a blocking-capable context for large
+    /// components that may need compiling.
+    pub fn load(&self, manifest: &Manifest, wasm: &[u8]) -> Result<LoadedComponent, LoadError> {
+        self.load_with_logs(manifest, wasm, None)
+    }
+
+    /// Like [`Runtime::load`], but keeps an existing log sink (so a redeploy
+    /// of the same name keeps its history).
+    pub fn load_with_logs(
+        &self,
+        manifest: &Manifest,
+        wasm: &[u8],
+        logs: Option<LogSink>,
+    ) -> Result<LoadedComponent, LoadError> {
+        let started = Instant::now();
+        let name = manifest.name.clone();
+        check_header(&name, wasm)?;
+        let hash = content_hash(wasm);
+        let engine = self.engine();
+        let (component, cache) = self
+            .inner
+            .cache
+            .get_or_compile(engine, &hash, wasm, &name)
+            .map_err(|e| LoadError::Invalid {
+                name: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        match cache {
+            CacheOutcome::Hit => self.inner.metrics.cache_hits.inc(),
+            CacheOutcome::Miss | CacheOutcome::Uncached => self.inner.metrics.cache_misses.inc(),
+        };
+
+        let missing = missing_imports(&component, engine);
+        if !missing.is_empty() {
+            return Err(LoadError::MissingImports { name, missing });
+        }
+        let mut linker = Linker::<HostState>::new(engine);
+        host::link(&mut linker).map_err(|e| LoadError::Invalid {
+            name: name.clone(),
+            reason: format!("linking host interfaces: {e:#}"),
+        })?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Invalid {
+                name: name.clone(),
+                reason: format!("{e:#}"),
+            })?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp {
+            name: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+
+        let mut env: Vec<(String, String)> = manifest
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for var in &manifest.capabilities.env_from_host {
+            if let Ok(value) = std::env::var(var) {
+                env.push((var.clone(), value));
+            }
+        }
+        let config: WasiConfigVariables = manifest
+            .config
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let label = ComponentLabel {
+            component: name.clone(),
+        };
+        let activation = started.elapsed();
+        self.inner
+            .metrics
+            .activation
+            .get_or_create(&label)
+            .observe(activation.as_secs_f64());
+        let logs = logs.unwrap_or_else(|| LogSink::new(&name, LOG_LINES_KEPT));
+        logs.push(
+            LogStream::Host,
+            format!(
+                "activated {} ({}) in {:.1} ms, compiled code {}",
+                name,
+                &hash[..12],
+                activation.as_secs_f64() * 1000.0,
+                match cache {
+                    CacheOutcome::Hit => "from cache",
+                    CacheOutcome::Miss => "compiled and cached",
+                    CacheOutcome::Uncached => "compiled, not cached",
+                }
+            ),
+        );
+        let max_concurrency = usize::try_from(manifest.limits.max_concurrency).unwrap_or(1);
+        Ok(LoadedComponent {
+            inner: Arc::new(ComponentInner {
+                name: name.as_str().into(),
+                label,
+                hash,
+                runtime: self.clone(),
+                pre,
+                env,
+                config: Arc::new(config),
+                outbound: Arc::new(OutboundPolicy::new(&manifest.capabilities.outbound_http)),
+                logs,
+                slots: Arc::new(Semaphore::new(max_concurrency)),
+                cache,
+                activation,
+                manifest: manifest.clone(),
+            }),
+        })
+    }
+}
+
+impl LoadedComponent {
+    /// Component name from its manifest.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Hex SHA-256 of the component bytes.
+    pub fn content_hash(&self) -> &str {
+        &self.inner.hash
+    }
+
+    /// The manifest it was loaded with.
+    pub fn manifest(&self) -> &Manifest {
+        &self.inner.manifest
+    }
+
+    /// Its captured output.
+    pub fn logs(&self) -> &LogSink {
+        &self.inner.logs
+    }
+
+    /// Whether its compiled code came from the cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.inner.cache
+    }
+
+    /// How long loading took (compile or cache load, link, pre-instantiate).
+    pub fn activation_time(&self) -> Duration {
+        self.inner.activation
+    }
+
+    /// Instances running now.
+    pub fn running_instances(&self) -> usize {
+        usize::try_from(self.inner.manifest.limits.max_concurrency).unwrap_or(0)
+            - self.inner.slots.available_permits()
+    }
+}
+
+fn check_header(name: &str, wasm: &[u8]) -> Result<(), LoadError> {
+    if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+        return Err(LoadError::NotWasm {
+            name: name.to_string(),
+        });
+    }
+    // Bytes 4..8: version and layer. Core modules are layer 0, components layer 1.
+    if wasm[6..8] == [0, 0] {
+        return Err(LoadError::CoreModule {
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn missing_imports(component: &Component, engine: &wasmtime::Engine) -> Vec<String> {
+    let ty = component.component_type();
+    let mut missing = Vec::new();
+    for (import, item) in ty.imports(engine) {
+        let bare = import.split('@').next().unwrap_or(import);
+        let provided = host::PROVIDED_INTERFACES.contains(&bare)
+            && matches!(item.ty, ComponentItem::ComponentInstance(_));
+        if !provided {
+            missing.push(import.to_string());
+        }
+    }
+    missing
+}

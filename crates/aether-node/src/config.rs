@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub admin_window: Duration,
     /// Largest essence accepted by a deploy. Default 256 MiB.
     pub max_essence_bytes: usize,
+    /// Whether to redeploy the essences stored by an earlier run. Default true.
+    pub restore: bool,
     /// Engine and pool settings.
     pub runtime: RuntimeConfig,
 }
@@ -50,6 +52,7 @@ impl NodeConfig {
             drain_timeout: Duration::from_secs(30),
             admin_window: aether_admin::auth::DEFAULT_WINDOW,
             max_essence_bytes: 256 << 20,
+            restore: true,
             runtime: RuntimeConfig::default(),
         }
     }

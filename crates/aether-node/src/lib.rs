@@ -51,7 +51,11 @@ impl Node {
         })?;
         let runtime = Runtime::new(config.runtime_config())?;
         let deployments = Arc::new(Deployments::new(&config, runtime));
-        let restored = deployments.restore().await;
+        let restored = if config.restore {
+            deployments.restore().await
+        } else {
+            0
+        };
         if restored > 0 {
             tracing::info!("restored {restored} deployment(s) from {}", config.data_dir.display());
         }

@@ -336,7 +336,9 @@ impl LoadedComponent {
 
 fn describe(err: &ServeError, name: &str) -> String {
     match err {
-        ServeError::Trap(msg) => format!("component `{name}` trapped: {msg}"),
+        ServeError::Trap(msg) => format!(
+            "component `{name}` trapped: {msg} (its own message, if any, is in its stderr)"
+        ),
         ServeError::Deadline => format!("component `{name}` stopped: request deadline exceeded"),
         ServeError::CpuBudget => format!("component `{name}` stopped: CPU budget (fuel) exhausted"),
         ServeError::Memory => format!("component `{name}` stopped: memory limit exceeded"),
@@ -360,14 +362,19 @@ fn classify(
         Some(Trap::Interrupt) => ServeError::Deadline,
         Some(Trap::OutOfFuel) => ServeError::CpuBudget,
         _ if body_exceeded.load(Ordering::Relaxed) => ServeError::BodyTooLarge,
-        Some(trap) => ServeError::Trap(format!("{trap}: {}", root_message(err))),
+        Some(trap) => ServeError::Trap(trap.to_string()),
         None => ServeError::Trap(root_message(err)),
     }
 }
 
 fn root_message(err: &wasmtime::Error) -> String {
     let text = format!("{err:#}");
-    text.lines().next().unwrap_or("").to_string()
+    let first = text.lines().next().unwrap_or("");
+    first
+        .split(": error while executing at wasm backtrace")
+        .next()
+        .unwrap_or(first)
+        .to_string()
 }
 
 /// A request body that stops with an error after `remaining` bytes.

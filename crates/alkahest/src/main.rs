@@ -1,1 +1,148 @@
-fn main(){}
+//! `alkahest`: build, seal, deploy and watch Aether components.
+
+mod commands;
+mod node_addr;
+mod output;
+mod project;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build, seal, deploy and watch WebAssembly components on an Aether lattice.
+#[derive(Debug, Parser)]
+#[command(name = "alkahest", version, propagate_version = true)]
+struct Cli {
+    /// Admin address of the node to talk to (`IP`, `IP:PORT` or `HOST:PORT`).
+    /// Default: the node `alkahest up` started, else 127.0.0.1:7070.
+    #[arg(long, global = true, env = "ALKAHEST_NODE")]
+    node: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new Rust wasi:http component from the template.
+    New {
+        /// Component name (lowercase letters, digits, '-').
+        name: String,
+        /// Directory to create. Default: ./NAME.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run the Aetherfile's build command and check its output is a component.
+    Build {
+        /// Project directory (holding the Aetherfile). Default: current directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build, start a local node in the foreground, deploy, print the URL.
+    /// Ctrl-C stops cleanly.
+    Up {
+        /// Project directory (holding the Aetherfile). Default: current directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Address the HTTP ingress listens on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the admin API. Default: 127.0.0.1:7070, or any free
+        /// port when that one is taken.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
+        /// Skip the build command; use the component as it is.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Seal the component and its manifest into a signed essence file.
+    Seal {
+        /// Project directory (holding the Aetherfile). Default: current directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Output file. Default: DIR/NAME.essence.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Skip the build command.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Deploy a project directory (built and sealed on the way) or an essence file.
+    Deploy {
+        /// Project directory or `.essence` file. Default: current directory.
+        #[arg(default_value = ".")]
+        target: PathBuf,
+        /// Skip the build command.
+        #[arg(long)]
+        no_build: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a node runs.
+    Status {
+        /// Only this component.
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a component's captured stdout and stderr.
+    Logs {
+        /// Component name.
+        name: String,
+        /// Keep printing new lines as they come.
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of past lines to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        /// Print one JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop serving a component and forget it.
+    Remove {
+        /// Component name.
+        name: String,
+    },
+    /// Manage the lattice's keys.
+    Lattice {
+        #[command(subcommand)]
+        command: LatticeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LatticeCommand {
+    /// Create the lattice root key and the publisher key (0600 files in
+    /// ALKAHEST_HOME). Does nothing if they exist.
+    Init {
+        /// Print the public keys as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(commands::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            output::print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}

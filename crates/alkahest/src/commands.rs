@@ -1,0 +1,417 @@
+//! One function per subcommand.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use aether_admin::client::AdminClient;
+use aether_admin::types::{ComponentStatus, DeployResponse, LogLineJson, NodeStatus};
+use aether_identity::home::Home;
+use aether_identity::{SecretKey, TrustedKeys};
+use aether_node::{Node, NodeConfig};
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::Method;
+use http_body_util::BodyExt as _;
+
+use crate::output::{self, spinner};
+use crate::project::{Project, TEMPLATE_LIB};
+use crate::{Cli, Command, LatticeCommand, node_addr};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let home = Home::locate();
+    let node = cli.node.clone();
+    match cli.command {
+        Command::New { name, dir } => new(&name, dir),
+        Command::Build { dir } => {
+            let project = Project::load(&dir)?;
+            project.build()?;
+            let bytes = project.read_component()?;
+            println!(
+                "{} ({} bytes)",
+                project.component_path().display(),
+                bytes.len()
+            );
+            Ok(())
+        }
+        Command::Up {
+            dir,
+            listen,
+            admin_listen,
+            no_build,
+        } => up(&home, &dir, listen, admin_listen, no_build).await,
+        Command::Seal {
+            dir,
+            output,
+            no_build,
+        } => {
+            let project = Project::load(&dir)?;
+            let essence = seal(&home, &project, no_build)?;
+            let out = output.unwrap_or_else(|| {
+                project
+                    .dir
+                    .join(format!("{}.essence", project.manifest.name))
+            });
+            std::fs::write(&out, &essence)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("Sealed {} into {}", project.manifest.name, out.display());
+            Ok(())
+        }
+        Command::Deploy {
+            target,
+            no_build,
+            json,
+        } => deploy(&home, node.as_deref(), &target, no_build, json).await,
+        Command::Status { name, json } => status(&home, node.as_deref(), name, json).await,
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            json,
+        } => logs(&home, node.as_deref(), &name, follow, tail, json).await,
+        Command::Remove { name } => {
+            let client = client(&home, node.as_deref())?;
+            let _: serde_json::Value = client
+                .json(Method::DELETE, &format!("/v1/components/{name}"), Bytes::new())
+                .await?;
+            println!("Removed {name}");
+            Ok(())
+        }
+        Command::Lattice {
+            command: LatticeCommand::Init { json },
+        } => {
+            let outcome = home.init().context("creating the lattice keys")?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "home": home.dir(),
+                        "created": outcome.created,
+                        "root": outcome.root.to_string(),
+                        "publisher": outcome.publisher.to_string(),
+                    })
+                );
+            } else {
+                let verb = if outcome.created {
+                    "Created"
+                } else {
+                    "Found existing"
+                };
+                println!("{verb} lattice keys in {}", home.dir().display());
+                println!("  root (admin) key: {}", outcome.root);
+                println!("  publisher key:    {}", outcome.publisher);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn client(home: &Home, node: Option<&str>) -> anyhow::Result<AdminClient> {
+    let addr = node_addr::resolve(node, home)?;
+    let key = home.root_key().with_context(|| {
+        format!(
+            "no operator key in {}; run `alkahest lattice init` (or set ALKAHEST_HOME)",
+            home.dir().display()
+        )
+    })?;
+    Ok(AdminClient::new(addr, key))
+}
+
+fn publisher_key(home: &Home) -> anyhow::Result<SecretKey> {
+    home.publisher_key().with_context(|| {
+        format!(
+            "no publisher key in {}; run `alkahest lattice init` (or set ALKAHEST_HOME)",
+            home.dir().display()
+        )
+    })
+}
+
+fn seal(home: &Home, project: &Project, no_build: bool) -> anyhow::Result<Vec<u8>> {
+    if !no_build {
+        project.build()?;
+    }
+    let wasm = project.read_component()?;
+    let key = publisher_key(home)?;
+    Ok(aether_essence::seal(&project.manifest, &wasm, &key))
+}
+
+fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let probe = format!("name = \"{name}\"\ncomponent = \"x.wasm\"\n");
+    if let Err(e) = aether_manifest::parse(&probe, "NAME") {
+        anyhow::bail!(
+            "`{name}` cannot be a component name: {}",
+            e.to_string().lines().next().unwrap_or("")
+        );
+    }
+    let dir = dir.unwrap_or_else(|| PathBuf::from(name));
+    if dir.exists() {
+        anyhow::bail!("{} already exists; choose another name or --dir", dir.display());
+    }
+    let crate_name = name.replace('-', "_");
+    std::fs::create_dir_all(dir.join("src"))?;
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nwasi = \"0.14.7\"\n\n\
+             [profile.release]\nopt-level = \"s\"\nlto = true\nstrip = true\n"
+        ),
+    )?;
+    std::fs::write(
+        dir.join("src/lib.rs"),
+        TEMPLATE_LIB.replace("The Aether example component", &format!("The `{name}` component")),
+    )?;
+    std::fs::write(
+        dir.join("Aetherfile"),
+        format!(
+            "name = \"{name}\"\n\n[component]\npath = \"target/wasm32-wasip2/release/{crate_name}.wasm\"\n\
+             build = \"cargo build --target wasm32-wasip2 --release\"\n\n[http]\nroutes = [\"/\"]\n"
+        ),
+    )?;
+    std::fs::write(dir.join(".gitignore"), "/target/\n*.essence\n")?;
+    println!("Created {} in {}", name, dir.display());
+    println!("Next: cd {} && alkahest up", dir.display());
+    Ok(())
+}
+
+async fn deploy(
+    home: &Home,
+    node: Option<&str>,
+    target: &Path,
+    no_build: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let essence = if target.is_file()
+        && std::fs::read(target)
+            .map(|b| b.starts_with(aether_essence::MAGIC))
+            .unwrap_or(false)
+    {
+        std::fs::read(target)?
+    } else {
+        let project = Project::load(target)?;
+        seal(home, &project, no_build)?
+    };
+    let client = client(home, node)?;
+    let bar = spinner("Deploying");
+    let started = Instant::now();
+    let result: Result<DeployResponse, _> = client
+        .json(Method::POST, "/v1/deploy", Bytes::from(essence))
+        .await;
+    bar.finish_and_clear();
+    let resp = result?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+        return Ok(());
+    }
+    let status: NodeStatus = client
+        .json(Method::GET, "/v1/status", Bytes::new())
+        .await?;
+    let c = &resp.component;
+    println!(
+        "Deployed {} ({}) to {} in {} ms{}",
+        c.name,
+        &c.content_hash[..12],
+        client.addr(),
+        started.elapsed().as_millis(),
+        if resp.replaced { ", replacing the previous version" } else { "" }
+    );
+    print_urls(&status.http_addr, c);
+    Ok(())
+}
+
+fn print_urls(http_addr: &str, c: &ComponentStatus) {
+    for route in &c.routes {
+        if route.starts_with('/') {
+            println!("  http://{http_addr}{route}");
+        } else {
+            println!("  http://{route} (via http://{http_addr}, Host: {route})");
+        }
+    }
+}
+
+async fn status(
+    home: &Home,
+    node: Option<&str>,
+    name: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = client(home, node)?;
+    match name {
+        Some(name) => {
+            let c: ComponentStatus = client
+                .json(Method::GET, &format!("/v1/components/{name}"), Bytes::new())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                output::print_components(std::slice::from_ref(&c));
+                println!();
+                println!("publisher:  {}", c.publisher);
+                println!("hash:       {}", c.content_hash);
+                println!(
+                    "activation: {:.1} ms (compiled code: {})",
+                    c.activation_ms, c.compile_cache
+                );
+            }
+        }
+        None => {
+            let s: NodeStatus = client
+                .json(Method::GET, "/v1/status", Bytes::new())
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "node {} (aether-d {}), HTTP on {}, up {} s",
+                    s.admin_addr, s.version, s.http_addr, s.uptime_secs
+                );
+                output::print_components(&s.components);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn logs(
+    home: &Home,
+    node: Option<&str>,
+    name: &str,
+    follow: bool,
+    tail: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = client(home, node)?;
+    let path = format!("/v1/logs/{name}?tail={tail}&follow={follow}");
+    let resp = client.send(Method::GET, &path, Bytes::new()).await?;
+    let mut body = resp.into_body();
+    let mut pending = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.context("log stream interrupted")?;
+        let Ok(data) = frame.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=pos).collect();
+            if json {
+                print!("{}", String::from_utf8_lossy(&line));
+                continue;
+            }
+            match serde_json::from_slice::<LogLineJson>(&line) {
+                Ok(l) => println!("{} {:<6} {}", format_time(l.time_ms), l.stream, l.text),
+                Err(_) => print!("{}", String::from_utf8_lossy(&line)),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
+}
+
+async fn up(
+    home: &Home,
+    dir: &Path,
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    no_build: bool,
+) -> anyhow::Result<()> {
+    let project = Project::load(dir)?;
+    if !home.is_initialised() {
+        let outcome = home.init().context("creating the lattice keys")?;
+        eprintln!(
+            "Created lattice keys in {} (root {})",
+            home.dir().display(),
+            outcome.root
+        );
+    }
+    let essence = seal(home, &project, no_build)?;
+
+    let data_dir = home
+        .dir()
+        .join("up")
+        .join(listen.to_string().replace([':', '[', ']'], "_"));
+    let mut config = NodeConfig::new(data_dir);
+    config.restore = false;
+    config.cache_dir = Some(home.dir().join("compile-cache"));
+    config.http_addr = listen;
+    config.admin_keys = [home.root_key()?.public()].into_iter().collect();
+    config.publishers = [publisher_key(home)?.public()]
+        .into_iter()
+        .collect::<TrustedKeys>();
+    config.admin_addr = match admin_listen {
+        Some(a) => a,
+        None => {
+            let preferred = SocketAddr::from(([127, 0, 0, 1], aether_admin::DEFAULT_ADMIN_PORT));
+            if std::net::TcpListener::bind(preferred).is_ok() {
+                preferred
+            } else {
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        }
+    };
+
+    let node = Node::start(config).await?;
+    let bar = spinner(&format!("Activating {}", project.manifest.name));
+    let started = Instant::now();
+    let deployed = node.deployments().deploy(essence).await;
+    bar.finish_and_clear();
+    let (deployment, _) = match deployed {
+        Ok(d) => d,
+        Err(e) => {
+            node.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let status = node.deployments().status(&deployment);
+    let _ = std::fs::write(home.node_file(), node.admin_addr().to_string());
+    println!(
+        "Serving {} at http://{}/ (activated in {} ms, compiled code {})",
+        status.name,
+        node.http_addr(),
+        started.elapsed().as_millis(),
+        status.compile_cache
+    );
+    print_urls(&node.http_addr().to_string(), &status);
+    println!(
+        "Admin API on {}; `alkahest logs {}` shows its output. Press Ctrl-C to stop.",
+        node.admin_addr(),
+        status.name
+    );
+
+    // Echo the component's output to the terminal while it runs.
+    let mut live = deployment.component.logs().follow();
+    let name = status.name.clone();
+    let echo = tokio::spawn(async move {
+        while let Ok(line) = live.recv().await {
+            eprintln!("[{name} {}] {}", line.stream.as_str(), line.text);
+        }
+    });
+
+    wait_for_signal().await;
+    eprintln!("Stopping: draining in-flight requests");
+    echo.abort();
+    let admin = node.admin_addr().to_string();
+    node.shutdown().await;
+    if std::fs::read_to_string(home.node_file()).is_ok_and(|t| t.trim() == admin) {
+        let _ = std::fs::remove_file(home.node_file());
+    }
+    eprintln!("Stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -168,7 +168,7 @@ impl LoadedComponent {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > max_body) {
+        if declared.is_some_and(|len| len > max_body) || req.body().size_hint().lower() > max_body {
             return self.fault(&ServeError::BodyTooLarge);
         }
 
@@ -192,6 +192,7 @@ impl LoadedComponent {
             return resp;
         };
 
+        let has_body = !req.body().is_end_stream();
         let body_exceeded = Arc::new(AtomicBool::new(false));
         let memory_exceeded = Arc::new(AtomicBool::new(false));
         let req = req.map(|body| LimitedBody {
@@ -250,6 +251,13 @@ impl LoadedComponent {
         });
 
         match receiver.await {
+            Ok(Ok(resp)) if has_body => resp.map(|inner| {
+                GuardedBody {
+                    inner,
+                    exceeded: body_exceeded,
+                }
+                .boxed_unsync()
+            }),
             Ok(Ok(resp)) => resp,
             Ok(Err(code)) => {
                 if body_exceeded.load(Ordering::Relaxed) {
@@ -417,6 +425,38 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that fails (so the connection is aborted rather than the
+/// response looking complete) once the request body went over its limit
+/// after the guest had already started answering.
+struct GuardedBody {
+    inner: ResponseBody,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if self.exceeded.load(Ordering::Relaxed) {
+            return Poll::Ready(Some(Err(HttpError::HttpRequestBodySize(None))));
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        !self.exceeded.load(Ordering::Relaxed) && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

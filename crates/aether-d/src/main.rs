@@ -72,7 +72,10 @@ fn parse_key(text: &str) -> anyhow::Result<PublicKey> {
     PublicKey::read(std::path::Path::new(text)).map_err(Into::into)
 }
 
-fn keys(given: &[String], fallback: impl FnOnce() -> Option<PublicKey>) -> anyhow::Result<TrustedKeys> {
+fn keys(
+    given: &[String],
+    fallback: impl FnOnce() -> Option<PublicKey>,
+) -> anyhow::Result<TrustedKeys> {
     if given.is_empty() {
         return Ok(fallback().into_iter().collect());
     }
@@ -83,14 +86,18 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AETHER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
 
     let home = Home::locate();
-    let admin_keys = keys(&args.admin_keys, || home.root_key().ok().map(|k| k.public()))?;
+    let admin_keys = keys(&args.admin_keys, || {
+        home.root_key().ok().map(|k| k.public())
+    })?;
     let publishers = keys(&args.publishers, || {
         home.publisher_key().ok().map(|k| k.public())
     })?;
@@ -147,7 +154,10 @@ fn main() -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

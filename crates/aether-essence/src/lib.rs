@@ -35,7 +35,9 @@ const MAX_JSON: usize = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum EssenceError {
     /// Not an essence file at all.
-    #[error("not an essence: it does not start with `AETHESS1` (seal a component with `alkahest seal`)")]
+    #[error(
+        "not an essence: it does not start with `AETHESS1` (seal a component with `alkahest seal`)"
+    )]
     BadMagic,
     /// The file ends early or has trailing bytes.
     #[error("essence is truncated or malformed: {0}")]
@@ -54,13 +56,13 @@ pub enum EssenceError {
     Unsigned,
     /// The signature does not verify against the publisher key.
     #[error("essence signature is invalid for publisher {0}: the essence was forged or altered")]
-    BadSignature(PublicKey),
+    BadSignature(String),
     /// Signed correctly, but by a key this node does not trust.
     #[error(
         "essence publisher {0} is not trusted by this node; add it with `--trust-publisher` \
          or seal with a trusted key"
     )]
-    Untrusted(PublicKey),
+    Untrusted(String),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,7 +184,9 @@ impl Essence {
         let component_len = r.u64("component length")?;
         let component = r.take(component_len, "component")?.to_vec();
         if !r.0.is_empty() {
-            return Err(EssenceError::Malformed("trailing bytes after the component"));
+            return Err(EssenceError::Malformed(
+                "trailing bytes after the component",
+            ));
         }
         if sha256_hex(&manifest_bytes) != header.manifest_sha256 {
             return Err(EssenceError::Tampered("manifest"));
@@ -231,10 +235,10 @@ impl Essence {
         };
         let msg = signed_message(&sha256_hex(&self.manifest_bytes), &self.component_hash);
         if !publisher.verify(&msg, &signature) {
-            return Err(EssenceError::BadSignature(publisher));
+            return Err(EssenceError::BadSignature(publisher.to_string()));
         }
         if !trusted.contains(&publisher) {
-            return Err(EssenceError::Untrusted(publisher));
+            return Err(EssenceError::Untrusted(publisher.to_string()));
         }
         Ok(VerifiedEssence(self))
     }

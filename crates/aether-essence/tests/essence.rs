@@ -70,17 +70,16 @@ fn untrusted_unsigned_and_forged_are_refused() {
 
     let unsigned = seal_unsigned_for_tests(&manifest(), WASM);
     assert!(matches!(
-        Essence::open(&unsigned).expect("opens").verify(&trusted(&publisher)),
+        Essence::open(&unsigned)
+            .expect("opens")
+            .verify(&trusted(&publisher)),
         Err(EssenceError::Unsigned)
     ));
 
     // Re-label a valid essence with another publisher key: the signature no
     // longer verifies.
     let text = String::from_utf8_lossy(&bytes).into_owned();
-    let forged = text.replace(
-        &publisher.public().to_string(),
-        &other.public().to_string(),
-    );
+    let forged = text.replace(&publisher.public().to_string(), &other.public().to_string());
     let forged = Essence::open(forged.as_bytes()).expect("framing intact");
     assert!(matches!(
         forged.verify(&trusted(&other)),
@@ -91,7 +90,10 @@ fn untrusted_unsigned_and_forged_are_refused() {
 #[test]
 fn garbage_and_truncation_are_errors_not_panics() {
     assert!(matches!(Essence::open(b""), Err(EssenceError::BadMagic)));
-    assert!(matches!(Essence::open(b"not an essence"), Err(EssenceError::BadMagic)));
+    assert!(matches!(
+        Essence::open(b"not an essence"),
+        Err(EssenceError::BadMagic)
+    ));
     let key = SecretKey::generate();
     let bytes = seal(&manifest(), WASM, &key);
     for len in 0..bytes.len() {

@@ -166,9 +166,7 @@ impl SecretKey {
         let bytes = URL_SAFE_NO_PAD
             .decode(encoded.trim())
             .map_err(|_| bad("key line is not base64url"))?;
-        let bytes: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| bad("key is not 32 bytes"))?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad("key is not 32 bytes"))?;
         Ok(Self::from_bytes(&bytes))
     }
 }
@@ -212,7 +210,11 @@ impl PublicKey {
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{PUBLIC_PREFIX}{}", URL_SAFE_NO_PAD.encode(self.0.as_bytes()))
+        write!(
+            f,
+            "{PUBLIC_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+        )
     }
 }
 

@@ -130,7 +130,9 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
             let mut resp = Response::new(body(text));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             return resp;
         }
@@ -203,12 +205,18 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
         },
         (&Method::GET, ["v1", "components", name]) => match state.deployments.get(name) {
             Some(d) => json(StatusCode::OK, &state.deployments.status(&d)),
-            None => error(StatusCode::NOT_FOUND, format!("no component named `{name}`")),
+            None => error(
+                StatusCode::NOT_FOUND,
+                format!("no component named `{name}`"),
+            ),
         },
         (&Method::DELETE, ["v1", "components", name]) => {
             match state.deployments.remove(name).await {
                 Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
-                Ok(false) => error(StatusCode::NOT_FOUND, format!("no component named `{name}`")),
+                Ok(false) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no component named `{name}`"),
+                ),
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }
@@ -240,7 +248,10 @@ fn line_json(component: &str, line: &LogLine) -> Bytes {
 
 fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Response<AdminBody> {
     let Some(d) = state.deployments.get(name) else {
-        return error(StatusCode::NOT_FOUND, format!("no component named `{name}`"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no component named `{name}`"),
+        );
     };
     let mut tail = 100usize;
     let mut follow = false;

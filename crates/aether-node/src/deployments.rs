@@ -113,16 +113,15 @@ impl Deployments {
         let runtime = self.runtime.clone();
         let logs = previous.as_ref().map(|p| p.component.logs().clone());
         let (manifest, wasm) = verified.into_parts();
-        let component = tokio::task::spawn_blocking(move || {
-            runtime.load_with_logs(&manifest, &wasm, logs)
-        })
-        .await
-        .map_err(|e| {
-            DeployError::Load(LoadError::Invalid {
-                name: name.clone(),
-                reason: format!("loader stopped: {e}"),
-            })
-        })??;
+        let component =
+            tokio::task::spawn_blocking(move || runtime.load_with_logs(&manifest, &wasm, logs))
+                .await
+                .map_err(|e| {
+                    DeployError::Load(LoadError::Invalid {
+                        name: name.clone(),
+                        reason: format!("loader stopped: {e}"),
+                    })
+                })??;
         let deployment = Arc::new(Deployment {
             component,
             publisher,

@@ -136,16 +136,12 @@ fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
 }
 
 async fn route(deployments: &Deployments, req: hyper::Request<Incoming>) -> Response<ResponseBody> {
-    let host = req
-        .uri()
-        .host()
-        .map(str::to_string)
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    let host = req.uri().host().map(str::to_string).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+    });
     let Some(deployment) = deployments.route(host.as_deref(), req.uri().path()) else {
         return plain(
             StatusCode::NOT_FOUND,

@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context as _;
 use aether_runtime::Runtime;
+use anyhow::Context as _;
 use tokio::sync::watch;
 
 /// A running node.
@@ -57,7 +57,10 @@ impl Node {
             0
         };
         if restored > 0 {
-            tracing::info!("restored {restored} deployment(s) from {}", config.data_dir.display());
+            tracing::info!(
+                "restored {restored} deployment(s) from {}",
+                config.data_dir.display()
+            );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
 

@@ -32,7 +32,9 @@ impl<T> Default for RouteTable<T> {
 
 /// Two deployments claim the same host and path.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("route `{route}` is already served by `{owner}`; change the route or remove `{owner}` first")]
+#[error(
+    "route `{route}` is already served by `{owner}`; change the route or remove `{owner}` first"
+)]
 pub struct RouteConflict {
     /// The route, as `host/path` or `/path`.
     pub route: String,
@@ -67,7 +69,10 @@ impl<T> RouteTable<T> {
         let mut entries: Vec<(Entry<T>, String)> = Vec::new();
         for (owner, routes, target) in deployments {
             for route in routes {
-                let host = route.host.as_ref().map(|h| strip_port(h).to_ascii_lowercase());
+                let host = route
+                    .host
+                    .as_ref()
+                    .map(|h| strip_port(h).to_ascii_lowercase());
                 let path = normalise_path(&route.path);
                 if let Some((_, other)) = entries
                     .iter()
@@ -122,7 +127,10 @@ impl<T> RouteTable<T> {
 
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
-        return host.split(']').next().map_or(host, |h| &host[..h.len() + 1]);
+        return host
+            .split(']')
+            .next()
+            .map_or(host, |h| &host[..h.len() + 1]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
 }

@@ -81,27 +81,6 @@ fn parse_rule(pattern: &str) -> Option<Rule> {
     Some(Rule { host, port })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::OutboundPolicy;
-
-    #[test]
-    fn exact_suffix_and_port_rules() {
-        let p = OutboundPolicy::new(&["api.example.com", "*.svc.local", "127.0.0.1:8080", "[::1]:9000"]);
-        assert!(p.allows("api.example.com", true));
-        assert!(p.allows("API.example.com:8443", true));
-        assert!(!p.allows("example.com", true));
-        assert!(p.allows("a.svc.local", false));
-        assert!(!p.allows("svc.local", false));
-        assert!(p.allows("127.0.0.1:8080", false));
-        assert!(!p.allows("127.0.0.1:8081", false));
-        assert!(!p.allows("127.0.0.1", false));
-        assert!(p.allows("[::1]:9000", false));
-        assert!(!p.allows("evil.com", false));
-        assert!(OutboundPolicy::new::<&str>(&[]).is_empty());
-    }
-}
-
 fn split_authority(authority: &str, https: bool) -> (&str, Option<u16>) {
     let default_port = if https { 443 } else { 80 };
     if let Some(rest) = authority.strip_prefix('[') {
@@ -116,5 +95,31 @@ fn split_authority(authority: &str, https: bool) -> (&str, Option<u16>) {
     match authority.rsplit_once(':') {
         Some((h, p)) => (h, p.parse().ok()),
         None => (authority, Some(default_port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutboundPolicy;
+
+    #[test]
+    fn exact_suffix_and_port_rules() {
+        let p = OutboundPolicy::new(&[
+            "api.example.com",
+            "*.svc.local",
+            "127.0.0.1:8080",
+            "[::1]:9000",
+        ]);
+        assert!(p.allows("api.example.com", true));
+        assert!(p.allows("API.example.com:8443", true));
+        assert!(!p.allows("example.com", true));
+        assert!(p.allows("a.svc.local", false));
+        assert!(!p.allows("svc.local", false));
+        assert!(p.allows("127.0.0.1:8080", false));
+        assert!(!p.allows("127.0.0.1:8081", false));
+        assert!(!p.allows("127.0.0.1", false));
+        assert!(p.allows("[::1]:9000", false));
+        assert!(!p.allows("evil.com", false));
+        assert!(OutboundPolicy::new::<&str>(&[]).is_empty());
     }
 }

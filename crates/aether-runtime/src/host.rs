@@ -49,9 +49,7 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     // link), with nothing granted: no preopens, no network, no inherited env.
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    wasmtime_wasi_config::add_to_linker(linker, |h: &mut HostState| {
-        WasiConfig::from(&*h.config)
-    })?;
+    wasmtime_wasi_config::add_to_linker(linker, |h: &mut HostState| WasiConfig::from(&*h.config))?;
     Ok(())
 }
 

@@ -344,9 +344,9 @@ impl LoadedComponent {
 
 fn describe(err: &ServeError, name: &str) -> String {
     match err {
-        ServeError::Trap(msg) => format!(
-            "component `{name}` trapped: {msg} (its own message, if any, is in its stderr)"
-        ),
+        ServeError::Trap(msg) => {
+            format!("component `{name}` trapped: {msg} (its own message, if any, is in its stderr)")
+        }
         ServeError::Deadline => format!("component `{name}` stopped: request deadline exceeded"),
         ServeError::CpuBudget => format!("component `{name}` stopped: CPU budget (fuel) exhausted"),
         ServeError::Memory => format!("component `{name}` stopped: memory limit exceeded"),

@@ -40,12 +40,15 @@ fn runtime() -> &'static Runtime {
 }
 
 fn manifest(extra: &str) -> Manifest {
-    let text = format!("name = \"probe\"\ncomponent = \"probe.wasm\"\n[http]\nroutes = [\"/\"]\n{extra}");
+    let text =
+        format!("name = \"probe\"\ncomponent = \"probe.wasm\"\n[http]\nroutes = [\"/\"]\n{extra}");
     aether_manifest::parse(&text, "Aetherfile").expect("valid manifest")
 }
 
 fn load(wasm: &str, extra: &str) -> LoadedComponent {
-    runtime().load(&manifest(extra), &fixture(wasm)).expect("loads")
+    runtime()
+        .load(&manifest(extra), &fixture(wasm))
+        .expect("loads")
 }
 
 type TestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, HttpError>;
@@ -152,7 +155,10 @@ async fn a_trap_is_a_500_and_the_next_request_is_fine() {
         .into_iter()
         .filter(|l| l.stream == LogStream::Host && l.text.contains("trapped"))
         .collect();
-    assert!(!host_lines.is_empty(), "the trap is logged with the component's name");
+    assert!(
+        !host_lines.is_empty(),
+        "the trap is logged with the component's name"
+    );
 }
 
 #[tokio::test]
@@ -232,7 +238,9 @@ async fn excess_concurrency_gets_503_with_retry_after() {
     let resp = c.handle(request("/", body(Bytes::new())), false).await;
     assert_eq!(resp.status().as_u16(), 503);
     assert_eq!(
-        resp.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
         Some("1")
     );
     assert_eq!(busy.await.expect("join"), (200, "slept".into()));
@@ -287,18 +295,33 @@ async fn outbound_http_only_to_listed_hosts() {
     let other = local_server().await;
     let c = load(
         "probe",
-        &format!("[capabilities]\noutbound_http = [\"127.0.0.1:{}\"]\n", allowed.port()),
+        &format!(
+            "[capabilities]\noutbound_http = [\"127.0.0.1:{}\"]\n",
+            allowed.port()
+        ),
     );
     assert_eq!(
-        call(&c, &format!("/fetch?url=http://127.0.0.1:{}/", allowed.port())).await,
+        call(
+            &c,
+            &format!("/fetch?url=http://127.0.0.1:{}/", allowed.port())
+        )
+        .await,
         (200, "status=200".into())
     );
-    let (status, text) = call(&c, &format!("/fetch?url=http://127.0.0.1:{}/", other.port())).await;
+    let (status, text) = call(
+        &c,
+        &format!("/fetch?url=http://127.0.0.1:{}/", other.port()),
+    )
+    .await;
     assert_eq!(status, 502);
     assert!(text.contains("HttpRequestDenied"), "{text}");
 
     let none = load("probe", "");
-    let (status, text) = call(&none, &format!("/fetch?url=http://127.0.0.1:{}/", allowed.port())).await;
+    let (status, text) = call(
+        &none,
+        &format!("/fetch?url=http://127.0.0.1:{}/", allowed.port()),
+    )
+    .await;
     assert_eq!(status, 502);
     assert!(text.contains("HttpRequestDenied"), "{text}");
 }
@@ -308,10 +331,14 @@ async fn stdout_and_stderr_are_captured_per_component() {
     let c = load("probe", "");
     assert_eq!(call(&c, "/log").await.0, 200);
     let lines = c.logs().tail(20);
-    assert!(lines
-        .iter()
-        .any(|l| l.stream == LogStream::Stdout && l.text == "probe stdout line"));
-    assert!(lines
-        .iter()
-        .any(|l| l.stream == LogStream::Stderr && l.text == "probe stderr line"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.stream == LogStream::Stdout && l.text == "probe stdout line")
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.stream == LogStream::Stderr && l.text == "probe stderr line")
+    );
 }

@@ -52,8 +52,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .dir
                     .join(format!("{}.essence", project.manifest.name))
             });
-            std::fs::write(&out, &essence)
-                .with_context(|| format!("writing {}", out.display()))?;
+            std::fs::write(&out, &essence).with_context(|| format!("writing {}", out.display()))?;
             println!("Sealed {} into {}", project.manifest.name, out.display());
             Ok(())
         }
@@ -72,7 +71,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Remove { name } => {
             let client = client(&home, node.as_deref())?;
             let _: serde_json::Value = client
-                .json(Method::DELETE, &format!("/v1/components/{name}"), Bytes::new())
+                .json(
+                    Method::DELETE,
+                    &format!("/v1/components/{name}"),
+                    Bytes::new(),
+                )
                 .await?;
             println!("Removed {name}");
             Ok(())
@@ -145,7 +148,10 @@ fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
-        anyhow::bail!("{} already exists; choose another name or --dir", dir.display());
+        anyhow::bail!(
+            "{} already exists; choose another name or --dir",
+            dir.display()
+        );
     }
     let crate_name = name.replace('-', "_");
     std::fs::create_dir_all(dir.join("src"))?;
@@ -159,7 +165,10 @@ fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
     )?;
     std::fs::write(
         dir.join("src/lib.rs"),
-        TEMPLATE_LIB.replace("The Aether example component", &format!("The `{name}` component")),
+        TEMPLATE_LIB.replace(
+            "The Aether example component",
+            &format!("The `{name}` component"),
+        ),
     )?;
     std::fs::write(
         dir.join("Aetherfile"),
@@ -203,9 +212,7 @@ async fn deploy(
         println!("{}", serde_json::to_string_pretty(&resp)?);
         return Ok(());
     }
-    let status: NodeStatus = client
-        .json(Method::GET, "/v1/status", Bytes::new())
-        .await?;
+    let status: NodeStatus = client.json(Method::GET, "/v1/status", Bytes::new()).await?;
     let c = &resp.component;
     println!(
         "Deployed {} ({}) to {} in {} ms{}",
@@ -213,7 +220,11 @@ async fn deploy(
         &c.content_hash[..12],
         client.addr(),
         started.elapsed().as_millis(),
-        if resp.replaced { ", replacing the previous version" } else { "" }
+        if resp.replaced {
+            ", replacing the previous version"
+        } else {
+            ""
+        }
     );
     print_urls(&status.http_addr, c);
     Ok(())
@@ -255,9 +266,7 @@ async fn status(
             }
         }
         None => {
-            let s: NodeStatus = client
-                .json(Method::GET, "/v1/status", Bytes::new())
-                .await?;
+            let s: NodeStatus = client.json(Method::GET, "/v1/status", Bytes::new()).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -287,7 +296,9 @@ async fn logs(
     let mut pending = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.context("log stream interrupted")?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         pending.extend_from_slice(&data);
         while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=pos).collect();
@@ -403,7 +414,10 @@ async fn up(
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

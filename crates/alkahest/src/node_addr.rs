@@ -27,7 +27,9 @@ pub fn resolve(given: Option<&str>, home: &Home) -> anyhow::Result<SocketAddr> {
     };
     with_port
         .to_socket_addrs()
-        .with_context(|| format!("`{text}` is not a node address (expected IP, IP:PORT or HOST:PORT)"))?
+        .with_context(|| {
+            format!("`{text}` is not a node address (expected IP, IP:PORT or HOST:PORT)")
+        })?
         .next()
         .with_context(|| format!("`{text}` resolves to no address"))
 }

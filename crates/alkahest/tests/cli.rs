@@ -18,7 +18,8 @@ const UP_TIMEOUT: Duration = Duration::from_secs(30);
 const UP_TIMEOUT_PYTHON: Duration = Duration::from_secs(120);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-const CONTRACT_AETHERFILE: &str = "name = \"x\"\ncomponent = \"x.wasm\"\n[http]\nroutes = [\"/\"]\n";
+const CONTRACT_AETHERFILE: &str =
+    "name = \"x\"\ncomponent = \"x.wasm\"\n[http]\nroutes = [\"/\"]\n";
 
 fn fixture_path(name: &str) -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,7 +77,11 @@ fn stderr(out: &Output) -> String {
 
 fn lattice_init(home: &Path) -> Output {
     let out = run(alkahest(home).args(["lattice", "init"]));
-    assert!(out.status.success(), "lattice init failed: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "lattice init failed: {}",
+        stderr(&out)
+    );
     out
 }
 
@@ -105,7 +110,10 @@ impl Drop for Up {
     }
 }
 
-fn collect(pipe: impl std::io::Read + Send + 'static, lines: Option<std::sync::mpsc::Sender<String>>) -> Arc<Mutex<String>> {
+fn collect(
+    pipe: impl std::io::Read + Send + 'static,
+    lines: Option<std::sync::mpsc::Sender<String>>,
+) -> Arc<Mutex<String>> {
     let all = Arc::new(Mutex::new(String::new()));
     let sink = all.clone();
     std::thread::spawn(move || {
@@ -116,7 +124,9 @@ fn collect(pipe: impl std::io::Read + Send + 'static, lines: Option<std::sync::m
             match reader.read_line(&mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    sink.lock().unwrap_or_else(|p| p.into_inner()).push_str(&line);
+                    sink.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push_str(&line);
                     if let Some(tx) = &lines {
                         let _ = tx.send(line.trim_end().to_string());
                     }
@@ -161,7 +171,10 @@ impl Up {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits for the `Serving NAME at http://...` line and returns it.
@@ -169,20 +182,32 @@ impl Up {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left.min(Duration::from_millis(200))) {
+            match self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
                 Ok(line) if line.starts_with("Serving ") => return line,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = self.child.try_wait() {
-                        panic!("alkahest up exited ({status}) before serving\n{}", self.output());
+                        panic!(
+                            "alkahest up exited ({status}) before serving\n{}",
+                            self.output()
+                        );
                     }
                     if left.is_zero() {
-                        panic!("alkahest up did not print `Serving` within {timeout:?}\n{}", self.output());
+                        panic!(
+                            "alkahest up did not print `Serving` within {timeout:?}\n{}",
+                            self.output()
+                        );
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.wait_exit(EXIT_TIMEOUT);
-                    panic!("alkahest up closed stdout ({status}) before serving\n{}", self.output());
+                    panic!(
+                        "alkahest up closed stdout ({status}) before serving\n{}",
+                        self.output()
+                    );
                 }
             }
         }
@@ -203,7 +228,10 @@ impl Up {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("alkahest up did not exit within {timeout:?}\n{}", self.output());
+                panic!(
+                    "alkahest up did not exit within {timeout:?}\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -214,7 +242,10 @@ impl Up {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !self.stderr().contains(needle) {
             if Instant::now() > deadline {
-                panic!("alkahest up stderr never contained {needle:?}\n{}", self.output());
+                panic!(
+                    "alkahest up stderr never contained {needle:?}\n{}",
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -228,8 +259,11 @@ fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("read timeout");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-        .expect("sending the request");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("sending the request");
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
@@ -306,7 +340,10 @@ fn contract_lattice_init_up_status_logs_and_ctrl_c() {
 
     // `up` recorded its admin address, so no --node is needed.
     let node_file = std::fs::read_to_string(dir.join("node")).expect("ALKAHEST_HOME/node");
-    assert!(node_file.trim().parse::<SocketAddr>().is_ok(), "{node_file:?}");
+    assert!(
+        node_file.trim().parse::<SocketAddr>().is_ok(),
+        "{node_file:?}"
+    );
 
     let out = run(alkahest(dir).args(["status", "--json"]));
     assert!(out.status.success(), "status failed: {}", stderr(&out));
@@ -361,7 +398,11 @@ fn lattice_init_writes_private_keys_and_is_idempotent() {
     assert_eq!(second["publisher"], first["publisher"]);
     assert_ne!(first["root"], first["publisher"]);
     for (k, old) in keys.iter().zip(&before) {
-        assert_eq!(&std::fs::read(home.join(k)).expect("key file"), old, "{k} changed");
+        assert_eq!(
+            &std::fs::read(home.join(k)).expect("key file"),
+            old,
+            "{k} changed"
+        );
         #[cfg(unix)]
         assert_eq!(mode(&home.join(k)), 0o600, "{k}");
     }
@@ -390,11 +431,23 @@ fn malformed_aetherfiles_fail_with_located_errors_and_hints() {
         .args(["--admin-listen", &local(admin_port).to_string()]));
     let seal = run(alkahest(&home).arg("seal").arg(&dir));
     for (what, out) in [("up", &up), ("seal", &seal)] {
-        assert!(!out.status.success(), "`alkahest {what}` accepted `memory = 64`");
+        assert!(
+            !out.status.success(),
+            "`alkahest {what}` accepted `memory = 64`"
+        );
         let err = stderr(out);
-        assert!(err.contains("Aetherfile:4:"), "{what}: no location in\n{err}");
-        assert!(err.contains("unit"), "{what}: no hint about units in\n{err}");
-        assert!(err.contains("MiB") || err.contains("MB"), "{what}: no unit example in\n{err}");
+        assert!(
+            err.contains("Aetherfile:4:"),
+            "{what}: no location in\n{err}"
+        );
+        assert!(
+            err.contains("unit"),
+            "{what}: no hint about units in\n{err}"
+        );
+        assert!(
+            err.contains("MiB") || err.contains("MB"),
+            "{what}: no unit example in\n{err}"
+        );
     }
     assert!(!dir.join("x.essence").exists());
     TcpListener::bind(local(port)).expect("a refused `up` must not keep its port");
@@ -407,17 +460,17 @@ fn malformed_aetherfiles_fail_with_located_errors_and_hints() {
     )
     .expect("Aetherfile");
     for sub in ["seal", "up"] {
-        let out = run(alkahest(&home)
-            .arg(sub)
-            .arg(&dir)
-            .args(if sub == "up" {
-                vec!["--listen".to_string(), local(port).to_string()]
-            } else {
-                vec![]
-            }));
+        let out = run(alkahest(&home).arg(sub).arg(&dir).args(if sub == "up" {
+            vec!["--listen".to_string(), local(port).to_string()]
+        } else {
+            vec![]
+        }));
         assert!(!out.status.success(), "`alkahest {sub}` accepted `routez`");
         let err = stderr(&out);
-        assert!(err.contains("Aetherfile:4:"), "{sub}: no location in\n{err}");
+        assert!(
+            err.contains("Aetherfile:4:"),
+            "{sub}: no location in\n{err}"
+        );
         assert!(err.contains("routez"), "{sub}: {err}");
         assert!(err.contains("did you mean `routes`"), "{sub}: {err}");
     }
@@ -433,7 +486,12 @@ fn serves_fixture(fixture: &str, expected: &str, timeout: Duration) {
     // `up` creates the lattice keys itself when there are none.
     let mut up = Up::spawn(&home, &dir, listen, Some(local(admin_port)));
     up.wait_serving(timeout);
-    assert_eq!(get(listen, "/"), (200, expected.to_string()), "{}", up.output());
+    assert_eq!(
+        get(listen, "/"),
+        (200, expected.to_string()),
+        "{}",
+        up.output()
+    );
     assert!(home.join("root.key").exists());
     up.signal("-TERM");
     let status = up.wait_exit(EXIT_TIMEOUT);
@@ -468,7 +526,11 @@ fn seal_then_deploy_replaces_the_running_component() {
     let out = run(alkahest(&home).arg("seal").arg(&dir));
     assert!(out.status.success(), "{}", stderr(&out));
     let essence = dir.join("x.essence");
-    assert!(essence.is_file(), "seal did not write {}", essence.display());
+    assert!(
+        essence.is_file(),
+        "seal did not write {}",
+        essence.display()
+    );
     assert!(stdout(&out).contains("Sealed x"), "{}", stdout(&out));
 
     let out = run(alkahest(&home)
@@ -483,7 +545,12 @@ fn seal_then_deploy_replaces_the_running_component() {
     assert_eq!(get(listen, "/"), (200, "Hello from wstd!\n".to_string()));
 
     up.signal("-INT");
-    assert_eq!(up.wait_exit(EXIT_TIMEOUT).code(), Some(0), "{}", up.output());
+    assert_eq!(
+        up.wait_exit(EXIT_TIMEOUT).code(),
+        Some(0),
+        "{}",
+        up.output()
+    );
 }
 
 #[test]
@@ -494,7 +561,10 @@ fn new_scaffolds_a_project_and_refuses_bad_names() {
     let out = run(alkahest(&home).args(["new", "my-app", "--dir"]).arg(&dir));
     assert!(out.status.success(), "{}", stderr(&out));
     for file in ["Cargo.toml", "src/lib.rs", "Aetherfile"] {
-        assert!(dir.join(file).is_file(), "`alkahest new` did not create {file}");
+        assert!(
+            dir.join(file).is_file(),
+            "`alkahest new` did not create {file}"
+        );
     }
     let manifest = aether_manifest::load(&dir.join("Aetherfile"))
         .unwrap_or_else(|e| panic!("the generated Aetherfile does not parse: {e}"));
@@ -512,7 +582,10 @@ fn new_scaffolds_a_project_and_refuses_bad_names() {
         .current_dir(tmp.path()));
     assert!(!out.status.success(), "`alkahest new Bad_Name` succeeded");
     let err = stderr(&out);
-    assert!(err.contains("`Bad_Name` cannot be a component name"), "{err}");
+    assert!(
+        err.contains("`Bad_Name` cannot be a component name"),
+        "{err}"
+    );
     assert!(!tmp.path().join("Bad_Name").exists());
 }
 
@@ -530,9 +603,17 @@ fn a_second_up_on_the_same_port_fails_clearly() {
 
     let mut second = Up::spawn(&home, &dir, listen, Some(local(other_admin_port)));
     let status = second.wait_exit(UP_TIMEOUT);
-    assert!(!status.success(), "second `up` should fail\n{}", second.output());
+    assert!(
+        !status.success(),
+        "second `up` should fail\n{}",
+        second.output()
+    );
     second.wait_stderr("already in use");
-    assert!(second.stderr().contains(&listen.to_string()), "{}", second.output());
+    assert!(
+        second.stderr().contains(&listen.to_string()),
+        "{}",
+        second.output()
+    );
 
     // The first one is unaffected.
     assert_eq!(get(listen, "/").0, 200);

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job: builds Aether and the example component, creates the lattice
+# keys if there are none (in ALKAHEST_HOME, default ~/.config/alkahest), and
+# runs a local node serving examples/hello. Ctrl-C stops it.
+# Extra arguments go to `alkahest up` (for example --listen 127.0.0.1:9090).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+cargo build -p alkahest -p aether-d
+exec target/debug/alkahest up examples/hello "$@"

@@ -639,11 +639,9 @@ fn conflicting_routes_are_refused_naming_the_owner() {
     assert_conflict_names_owner(14, "zulu");
 }
 
-/// Known bug: `RouteTable::build` walks deployments in name order and blames
-/// whichever of the two sorts first, so a newcomer sorting before the owner
-/// is named as the owner ("already served by `alpha`").
+/// The conflict names the deployment that had the route, even when the
+/// newcomer's name sorts first.
 #[test]
-#[ignore = "bug in aether-node: conflict names the newcomer when it sorts before the owner"]
 fn conflicting_routes_name_the_owner_when_the_newcomer_sorts_first() {
     assert_conflict_names_owner(20, "alpha");
 }

@@ -129,7 +129,7 @@ impl Deployments {
         });
         let mut by_name = self.current.load().by_name.clone();
         by_name.insert(name.clone(), deployment.clone());
-        let routes = build_routes(&by_name)?;
+        let routes = build_routes(&by_name, Some(&name))?;
         self.persist(&name, &essence)?;
         self.current.store(Arc::new(Snapshot { by_name, routes }));
         tracing::info!(
@@ -148,7 +148,7 @@ impl Deployments {
         if by_name.remove(name).is_none() {
             return Ok(false);
         }
-        let routes = build_routes(&by_name)?;
+        let routes = build_routes(&by_name, None)?;
         let path = self.essence_path(name);
         match std::fs::remove_file(&path) {
             Ok(()) => {}
@@ -240,10 +240,15 @@ impl Deployments {
     }
 }
 
+/// Builds the route table; `newcomer` goes last so a conflict names the
+/// deployment that already had the route.
 fn build_routes(
     by_name: &BTreeMap<String, Arc<Deployment>>,
+    newcomer: Option<&str>,
 ) -> Result<RouteTable<Deployment>, RouteConflict> {
-    RouteTable::build(by_name.iter().map(|(name, d)| {
+    let existing = by_name.iter().filter(|(n, _)| Some(n.as_str()) != newcomer);
+    let new = by_name.iter().filter(|(n, _)| Some(n.as_str()) == newcomer);
+    RouteTable::build(existing.chain(new).map(|(name, d)| {
         (
             name.as_str(),
             d.component.manifest().http.routes.as_slice(),

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{KeyError, PublicKey, SecretKey};
+use crate::{KeyError, LatticeId, PublicKey, SecretKey};
 
 /// Environment variable overriding the directory.
 pub const HOME_ENV: &str = "ALKAHEST_HOME";
@@ -122,8 +122,44 @@ impl Home {
         SecretKey::read(&self.root_key_path())
     }
 
+    /// The lattice root public key: `root.pub`, or the public half of
+    /// `root.key` when `root.pub` is missing.
+    pub fn root_public(&self) -> Result<PublicKey, KeyError> {
+        let pub_path = self.dir.join("root.pub");
+        if pub_path.exists() {
+            PublicKey::read(&pub_path)
+        } else {
+            Ok(self.root_key()?.public())
+        }
+    }
+
+    /// The id of the lattice this home administers (the hash of its root
+    /// public key).
+    pub fn lattice_id(&self) -> Result<LatticeId, KeyError> {
+        Ok(LatticeId::of_root(&self.root_public()?))
+    }
+
     /// The publisher secret key.
     pub fn publisher_key(&self) -> Result<SecretKey, KeyError> {
         SecretKey::read(&self.publisher_key_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lattice_id_from_home() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = Home::at(dir.path().join("home"));
+        assert!(home.lattice_id().is_err());
+        let outcome = home.init().expect("init");
+        assert_eq!(
+            home.lattice_id().expect("lattice id"),
+            LatticeId::of_root(&outcome.root)
+        );
+        std::fs::remove_file(home.dir().join("root.pub")).expect("rm root.pub");
+        assert_eq!(home.root_public().expect("from root.key"), outcome.root);
     }
 }

@@ -1,9 +1,55 @@
-//! Keys of a lattice.
+//! Keys of a lattice and the chain that admits nodes into it.
 //!
 //! Every signature in Aether is ed25519. This crate owns how keys are stored
 //! (secret key files readable only by their owner), how public keys are
-//! written (`ed25519:<base64url>`), and sets of trusted keys. Verification is
-//! always `verify_strict`, so every node agrees on which signatures are valid.
+//! written (`ed25519:<base64url>`), sets of trusted keys, and admission.
+//! Verification is always `verify_strict`, so every node agrees on which
+//! signatures are valid.
+//!
+//! # The admission chain
+//!
+//! A lattice is named by its root key: [`LatticeId::of_root`] hashes the root
+//! public key. The operator keeps the root secret key (`alkahest lattice
+//! init`); no node ever holds it. Members know only the root *public* key,
+//! and with it they check any newcomer offline:
+//!
+//! ```text
+//! root key ──signs──▶ InviteCertificate { lattice, invite id, invite key,
+//!                                         expires_at, single_use, region?, labels }
+//! invite key ─signs─▶ NodeCertificate   { node key, invite id, region?, labels,
+//! node key ──signs──▶                     issued_at, invite certificate embedded }
+//! root key ──signs──▶ Revocation        { lattice, node key, reason, issued_at }
+//! ```
+//!
+//! 1. `alkahest invite` calls [`Invite::issue`]: the root certifies a fresh
+//!    invite key, and the [`InviteToken`] handed to the new machine
+//!    (`aether-invite-v1:<base64url>`) carries that certificate and the invite
+//!    secret key.
+//! 2. The new node, with its own key ([`SecretKey::load_or_create`]), calls
+//!    [`NodeCertificate::issue`]: the invite key (and the node key) sign its
+//!    node certificate.
+//! 3. Any member calls [`NodeCertificate::verify`] with the root public key
+//!    and its clock: it checks the lattice, the three signatures, that the
+//!    certificate was issued before the invite expired, and the invite's
+//!    region and label constraints, and returns an [`AdmittedNode`].
+//! 4. A node joining for the first time is recorded with
+//!    [`AdmissionLedger::admit`], which requires the invite to be unexpired at
+//!    the member's clock and lets a single-use invite admit one node: when two
+//!    machines race, ledgers merged in any order agree on the winner, the
+//!    smallest `(issued_at, node key)`.
+//! 5. `alkahest revoke` calls [`Revocation::issue`]; members keep verified
+//!    revocations in a [`RevocationSet`] and refuse revoked nodes
+//!    ([`RevocationSet::check`]).
+//!
+//! A node certificate has no expiry of its own; it is valid until revoked.
+//! Functions here never read the clock or do I/O (except key files): time is
+//! always an argument, in Unix seconds.
+//!
+//! Everything that crosses the network (invite token, node certificate,
+//! revocation) has one canonical binary encoding: fixed-width integers,
+//! bounded strings and label sets, no trailing bytes, at most
+//! [`MAX_ENCODED_LEN`] bytes. Decoders check lengths before reading and never
+//! allocate more than their input.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -18,9 +64,35 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 
+pub mod admission;
 pub mod home;
+mod wire;
+
+pub use admission::invite::{
+    INVITE_TOKEN_PREFIX, Invite, InviteCertificate, InviteConstraints, InviteToken,
+};
+pub use admission::ledger::{
+    AdmissionLedger, Admitted, ClaimStatus, MAX_CLAIMS_PER_SINGLE_USE_INVITE, MergeReport,
+};
+pub use admission::node::{AdmittedNode, NodeCertificate, NodeId};
+pub use admission::revocation::{
+    MAX_REVOCATION_REASON_LEN, Revocation, RevocationSet, VerifiedRevocation,
+};
+pub use admission::{
+    AdmissionError, InviteId, Labels, LatticeId, MAX_CLOCK_SKEW_SECS, MAX_ENCODED_LEN, Region,
+    parse_duration_secs,
+};
 
 pub use ed25519_dalek::Signature;
+
+/// Name of a node's key file inside its data directory.
+pub const NODE_KEY_FILE: &str = "node.key";
+
+/// Path of the node key in the data directory `data_dir`
+/// (`DATA_DIR/node.key`; see [`SecretKey::load_or_create`]).
+pub fn node_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(NODE_KEY_FILE)
+}
 
 /// First line of a secret key file.
 const SECRET_HEADER: &str = "aether-ed25519-secret-v1";
@@ -91,6 +163,11 @@ impl SecretKey {
         Self {
             key: SigningKey::from_bytes(bytes),
         }
+    }
+
+    /// The 32 secret bytes (for encodings that must carry the key).
+    pub(crate) fn to_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes()
     }
 
     /// Its public half.
@@ -168,6 +245,31 @@ impl SecretKey {
             .map_err(|_| bad("key line is not base64url"))?;
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad("key is not 32 bytes"))?;
         Ok(Self::from_bytes(&bytes))
+    }
+}
+
+impl SecretKey {
+    /// Reads the key at `path`, or, if there is no file there, generates one
+    /// and writes it with mode 0600 (a node's `DATA_DIR/node.key` on first
+    /// start). If another process creates the file at the same moment, its
+    /// key is read. Refuses files other users can read.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        match Self::read(path) {
+            Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                let key = Self::generate();
+                match key.write_new(path) {
+                    Ok(()) => Ok(key),
+                    Err(KeyError::Exists(_)) => Self::read(path),
+                    Err(KeyError::Io { source, .. })
+                        if source.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Self::read(path)
+                    }
+                    Err(other) => Err(other),
+                }
+            }
+            other => other,
+        }
     }
 }
 

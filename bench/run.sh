@@ -236,7 +236,7 @@ check_wasmtime_options() {   # fail early, with a clear message, if an option na
     help="$("$WASMTIME" -O help 2>&1)" || die "wasmtime -O help failed"
     for opt in pooling-allocator pooling-memory-keep-resident pooling-table-keep-resident \
         pooling-async-stack-keep-resident; do
-        grep -q -- "-O *$opt=\|^ *$opt\b" <<<"$help" || die "wasmtime $WASMTIME_VERSION has no -O $opt"
+        grep -q -- "-O  *$opt[=[]" <<<"$help" || die "wasmtime $WASMTIME_VERSION has no -O $opt"
     done
     "$WASMTIME" serve --help 2>&1 | grep -q -- '--addr' || die "wasmtime serve has no --addr"
 }

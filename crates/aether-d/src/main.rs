@@ -144,28 +144,10 @@ fn main() -> anyhow::Result<()> {
             node.http_addr(),
             node.admin_addr()
         );
-        wait_for_signal().await;
+        aether_node::shutdown_signal().await;
         tracing::info!("shutting down: draining in-flight requests");
         node.shutdown().await;
         tracing::info!("stopped");
         anyhow::Ok(())
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -145,3 +145,19 @@ impl NodeHandle {
         let _ = self.admin_task.await;
     }
 }
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C), the signals that stop a node gracefully.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -400,7 +400,7 @@ async fn up(
         }
     });
 
-    wait_for_signal().await;
+    aether_node::shutdown_signal().await;
     eprintln!("Stopping: draining in-flight requests");
     echo.abort();
     let admin = node.admin_addr().to_string();
@@ -410,22 +410,4 @@ async fn up(
     }
     eprintln!("Stopped");
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -1,0 +1,663 @@
+//! The endpoint: one UDP socket, the admitted connections, framed messages.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use aether_identity::{NodeId, PublicKey, VerifiedRevocation};
+use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, VarInt};
+use rustls::pki_types::CertificateDer;
+use rustls::sign::SingleCertAndKey;
+use tokio::sync::mpsc;
+
+use crate::identity::TLS_SERVER_NAME;
+use crate::verify::{ClientVerifier, PeerVerifier, ServerVerifier, peer_node_id};
+use crate::{NodeIdentity, SharedRevocations, TransportError, TransportMetrics};
+
+/// Application close codes this crate sends.
+pub mod close_code {
+    /// The endpoint shut down.
+    pub const SHUTDOWN: u32 = 0;
+    /// The peer sent a frame over the size bound.
+    pub const FRAME_TOO_LARGE: u32 = 1;
+    /// Closed on request (`close_peer`), typically because the peer was revoked.
+    pub const CLOSED: u32 = 2;
+    /// Evicted from a full connection cache.
+    pub const EVICTED: u32 = 3;
+    /// The peer broke the framing protocol (bad hello, empty frame).
+    pub const PROTOCOL: u32 = 4;
+    /// The peer already has as many connections as a node may have.
+    pub const TOO_MANY: u32 = 5;
+}
+
+/// What the dialer sends on its first bidirectional stream; the acceptor
+/// answers [`HELLO_ACK`] once it has admitted the dialer. The dialer's
+/// `connect` returns only after the answer, so a dialer the acceptor
+/// refused sees the refusal as a `connect` error.
+const HELLO: &[u8] = b"aether-transport/1";
+const HELLO_ACK: &[u8] = b"aether-transport/1 ok";
+
+/// Live connections one node may have with another (the cached one plus one
+/// made concurrently by the other side).
+const MAX_CONNECTIONS_PER_NODE: usize = 2;
+
+/// Tunables of an [`Endpoint`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most peers with a cached connection; connecting to one more closes
+    /// the least recently used. Default 256.
+    pub max_connections: usize,
+    /// Largest message payload in bytes. `send` refuses larger ones; a peer
+    /// that sends one has its connection closed. Default 1 MiB.
+    pub max_frame_len: usize,
+    /// A connection with no traffic for this long is closed. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Send keep-alives this often (`None`: never, so idle connections
+    /// close). Default `None`.
+    pub keep_alive_interval: Option<Duration>,
+    /// Bound on `connect` (handshake plus hello). Default 10 s.
+    pub connect_timeout: Duration,
+    /// Messages queued for [`Endpoint::recv`] before readers wait. Default 1024.
+    pub incoming_queue: usize,
+    /// Concurrent incoming message streams per connection. Default 128.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_frame_len: 1024 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: None,
+            connect_timeout: Duration::from_secs(10),
+            incoming_queue: 1024,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// One message received from an admitted peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The sender, as proven in the handshake.
+    pub from: NodeId,
+    /// The channel byte the sender chose (which protocol it belongs to).
+    pub channel: u8,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// A QUIC endpoint of one node: accepts admitted peers, dials them, caches
+/// one connection per peer and carries framed messages. Cheap to clone.
+#[derive(Clone)]
+pub struct Endpoint {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("node", &self.inner.node)
+            .field("local_addr", &self.inner.quinn.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    node: NodeId,
+    quinn: quinn::Endpoint,
+    verifier: Arc<PeerVerifier>,
+    identity: NodeIdentity,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    transport: Arc<quinn::TransportConfig>,
+    config: Config,
+    revocations: SharedRevocations,
+    metrics: Arc<TransportMetrics>,
+    cache: Mutex<Cache>,
+    incoming_tx: mpsc::Sender<Message>,
+    incoming_rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.quinn
+            .close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    clock: u64,
+    /// The connection used to reach each peer, with its last use.
+    primary: HashMap<NodeId, (Connection, u64)>,
+    /// Every live admitted connection, by `stable_id`.
+    all: HashMap<usize, (NodeId, Connection)>,
+}
+
+impl Endpoint {
+    /// Binds `addr` (UDP) and starts accepting peers admitted by `root`
+    /// and not in `revocations`. Must be called within a tokio runtime.
+    pub fn bind(
+        addr: SocketAddr,
+        identity: NodeIdentity,
+        root: PublicKey,
+        revocations: SharedRevocations,
+        config: Config,
+    ) -> Result<Self, TransportError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let metrics = Arc::new(TransportMetrics::default());
+        let verifier = Arc::new(PeerVerifier::new(
+            root,
+            revocations.clone(),
+            metrics.clone(),
+            provider.clone(),
+        ));
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(config.idle_timeout)
+                    .map_err(|_| TransportError::Config("idle_timeout is too large"))?,
+            ))
+            .keep_alive_interval(config.keep_alive_interval)
+            .max_concurrent_uni_streams(VarInt::from_u32(config.max_concurrent_streams))
+            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .datagram_receive_buffer_size(None);
+        let transport = Arc::new(transport);
+
+        let tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TransportError::Tls)?
+            .with_client_cert_verifier(Arc::new(ClientVerifier {
+                inner: verifier.clone(),
+            }))
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified_key())));
+        let quic = QuicServerConfig::try_from(tls)
+            .map_err(|e| TransportError::Quic(format!("server TLS config: {e}")))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        server.transport_config(transport.clone());
+
+        let quinn = quinn::Endpoint::server(server, addr).map_err(TransportError::Bind)?;
+        let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
+        let inner = Arc::new(Inner {
+            node: identity.node_id(),
+            quinn: quinn.clone(),
+            verifier,
+            identity,
+            provider,
+            transport,
+            config,
+            revocations,
+            metrics,
+            cache: Mutex::new(Cache::default()),
+            incoming_tx,
+            incoming_rx: tokio::sync::Mutex::new(incoming_rx),
+        });
+        tokio::spawn(accept_loop(quinn, Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.inner.quinn.local_addr().map_err(TransportError::Bind)
+    }
+
+    /// The counters of this endpoint.
+    pub fn metrics(&self) -> &Arc<TransportMetrics> {
+        &self.inner.metrics
+    }
+
+    /// The revocation set handshakes consult.
+    pub fn revocations(&self) -> &SharedRevocations {
+        &self.inner.revocations
+    }
+
+    /// A connection to the node at `addr`, returning its node id.
+    ///
+    /// With `expected` set and a live cached connection to that node, reuses
+    /// it without touching the network. Otherwise dials `addr`: the
+    /// handshake refuses a peer that fails admission or (with `expected`)
+    /// is another node, and `connect` then also waits until the peer has
+    /// admitted us.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> Result<NodeId, TransportError> {
+        if let Some(node) = expected
+            && self.inner.cached(&node).is_some()
+        {
+            return Ok(node);
+        }
+        let inner = &self.inner;
+        let tls = rustls::ClientConfig::builder_with_provider(inner.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(TransportError::Tls)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+                inner: inner.verifier.clone(),
+                expected,
+            }))
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
+                inner.identity.certified_key(),
+            )));
+        let quic = QuicClientConfig::try_from(tls)
+            .map_err(|e| TransportError::Quic(format!("client TLS config: {e}")))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(quic));
+        client.transport_config(inner.transport.clone());
+        let connecting = inner
+            .quinn
+            .connect_with(client, addr, TLS_SERVER_NAME)
+            .map_err(|e| TransportError::Quic(format!("connect to {addr}: {e}")))?;
+        let dial = async {
+            let conn = connecting.await.map_err(TransportError::Connection)?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(TransportError::Connection)?;
+            send.write_all(HELLO)
+                .await
+                .map_err(|e| TransportError::Quic(format!("hello to {addr}: {e}")))?;
+            let _ = send.finish();
+            let ack = recv.read_to_end(HELLO_ACK.len()).await.map_err(|e| {
+                TransportError::Quic(format!(
+                    "{addr} did not admit us: {}",
+                    read_reason(&conn, e)
+                ))
+            })?;
+            if ack != HELLO_ACK {
+                conn.close(VarInt::from_u32(close_code::PROTOCOL), b"bad hello");
+                return Err(TransportError::Quic(format!("{addr} answered a bad hello")));
+            }
+            Ok(conn)
+        };
+        let conn = tokio::time::timeout(inner.config.connect_timeout, dial)
+            .await
+            .map_err(|_| TransportError::Timeout(addr))??;
+        let node = identify(&conn).ok_or_else(|| {
+            TransportError::Quic("peer identity missing after the handshake".to_string())
+        })?;
+        inner
+            .metrics
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
+        register(inner, conn, node);
+        Ok(node)
+    }
+
+    /// Sends `payload` to `node` on `channel` over its cached connection,
+    /// as one QUIC stream. Fails with [`TransportError::NotConnected`] when
+    /// there is none (call [`Endpoint::connect`] first), and with
+    /// [`TransportError::FrameTooLarge`] over [`Config::max_frame_len`].
+    pub async fn send(
+        &self,
+        node: &NodeId,
+        channel: u8,
+        payload: &[u8],
+    ) -> Result<(), TransportError> {
+        let max = self.inner.config.max_frame_len;
+        if payload.len() > max {
+            return Err(TransportError::FrameTooLarge {
+                len: payload.len(),
+                max,
+            });
+        }
+        let conn = self
+            .inner
+            .cached(node)
+            .ok_or_else(|| TransportError::NotConnected(Box::new(*node)))?;
+        let write = async {
+            let mut stream = conn.open_uni().await?;
+            stream.write_all(&[channel]).await?;
+            stream.write_all(payload).await?;
+            let _ = stream.finish();
+            Ok::<_, quinn::WriteError>(())
+        };
+        match write.await {
+            Ok(()) => {
+                self.inner
+                    .metrics
+                    .messages_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.inner.forget(&conn);
+                Err(TransportError::Send {
+                    node: Box::new(*node),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// The next message from any admitted peer. `None` once the endpoint is
+    /// gone.
+    pub async fn recv(&self) -> Option<Message> {
+        self.inner.incoming_rx.lock().await.recv().await
+    }
+
+    /// Closes every connection with `node` (for example because it was
+    /// revoked); returns how many were open.
+    pub fn close_peer(&self, node: &NodeId) -> usize {
+        self.inner.close_peer(node, close_code::CLOSED, b"closed")
+    }
+
+    /// Adds a verified revocation to the shared set and, when the node was
+    /// not revoked before, closes its connections. Returns whether it was new.
+    pub fn revoke(&self, revocation: VerifiedRevocation) -> bool {
+        let node = *revocation.revocation().node();
+        let new = self
+            .inner
+            .revocations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(revocation);
+        self.close_peer(&node);
+        new
+    }
+
+    /// Whether a live connection to `node` is cached.
+    pub fn is_connected(&self, node: &NodeId) -> bool {
+        self.inner.cached_peek(node)
+    }
+
+    /// The peers with a cached connection.
+    pub fn connected_peers(&self) -> Vec<NodeId> {
+        let cache = self.inner.lock_cache();
+        cache.primary.keys().copied().collect()
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.inner
+            .quinn
+            .close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+    }
+
+    /// The cached connection to `node` (tests write raw streams on it).
+    #[cfg(test)]
+    pub(crate) fn connection(&self, node: &NodeId) -> Option<Connection> {
+        self.inner.cached(node)
+    }
+}
+
+impl Inner {
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live cached connection to `node`, marked as just used.
+    fn cached(&self, node: &NodeId) -> Option<Connection> {
+        let mut cache = self.lock_cache();
+        cache.clock += 1;
+        let now = cache.clock;
+        let (conn, used) = cache.primary.get_mut(node)?;
+        if conn.close_reason().is_some() {
+            cache.primary.remove(node);
+            return None;
+        }
+        *used = now;
+        Some(conn.clone())
+    }
+
+    fn cached_peek(&self, node: &NodeId) -> bool {
+        let cache = self.lock_cache();
+        cache
+            .primary
+            .get(node)
+            .is_some_and(|(c, _)| c.close_reason().is_none())
+    }
+
+    /// Drops `conn` from the cache (it closed).
+    fn forget(&self, conn: &Connection) {
+        let id = conn.stable_id();
+        let mut cache = self.lock_cache();
+        let Some((node, _)) = cache.all.remove(&id) else {
+            return;
+        };
+        if cache
+            .primary
+            .get(&node)
+            .is_some_and(|(c, _)| c.stable_id() == id)
+        {
+            cache.primary.remove(&node);
+            // Promote another live connection with the same node, if any.
+            let other = cache
+                .all
+                .values()
+                .find(|(n, c)| *n == node && c.close_reason().is_none())
+                .map(|(_, c)| c.clone());
+            if let Some(other) = other {
+                let now = cache.clock;
+                cache.primary.insert(node, (other, now));
+            }
+        }
+    }
+
+    fn close_peer(&self, node: &NodeId, code: u32, reason: &[u8]) -> usize {
+        let conns: Vec<Connection> = {
+            let mut cache = self.lock_cache();
+            cache.primary.remove(node);
+            let ids: Vec<usize> = cache
+                .all
+                .iter()
+                .filter(|(_, (n, _))| n == node)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| cache.all.remove(&id).map(|(_, c)| c))
+                .collect()
+        };
+        for conn in &conns {
+            conn.close(VarInt::from_u32(code), reason);
+        }
+        if code == close_code::CLOSED && !conns.is_empty() {
+            self.metrics
+                .connections_closed
+                .fetch_add(conns.len() as u64, Ordering::Relaxed);
+        }
+        conns.len()
+    }
+}
+
+/// The node id proven by `conn`'s handshake.
+fn identify(conn: &Connection) -> Option<NodeId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .ok()?;
+    peer_node_id(certs.first()?)
+}
+
+fn read_reason(conn: &Connection, error: quinn::ReadToEndError) -> String {
+    match conn.close_reason() {
+        Some(reason) => reason.to_string(),
+        None => error.to_string(),
+    }
+}
+
+/// Adds an admitted connection to the cache (evicting the least recently
+/// used peer when full) and starts reading its messages.
+fn register(inner: &Arc<Inner>, conn: Connection, node: NodeId) {
+    let mut evicted = Vec::new();
+    {
+        let mut cache = inner.lock_cache();
+        let live = cache
+            .all
+            .values()
+            .filter(|(n, c)| *n == node && c.close_reason().is_none())
+            .count();
+        if live >= MAX_CONNECTIONS_PER_NODE {
+            drop(cache);
+            tracing::warn!(peer = %node, "too many connections from one node; closing the newest");
+            conn.close(
+                VarInt::from_u32(close_code::TOO_MANY),
+                b"too many connections",
+            );
+            return;
+        }
+        cache.clock += 1;
+        let now = cache.clock;
+        cache.all.insert(conn.stable_id(), (node, conn.clone()));
+        let keep_existing = cache
+            .primary
+            .get(&node)
+            .is_some_and(|(c, _)| c.close_reason().is_none());
+        if !keep_existing {
+            cache.primary.insert(node, (conn.clone(), now));
+        }
+        while cache.primary.len() > inner.config.max_connections.max(1) {
+            let Some(victim) = cache
+                .primary
+                .iter()
+                .filter(|(n, _)| **n != node)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(n, _)| *n)
+            else {
+                break;
+            };
+            cache.primary.remove(&victim);
+            evicted.push(victim);
+        }
+    }
+    for victim in evicted {
+        tracing::debug!(peer = %victim, "connection cache full; evicting the least recently used peer");
+        inner.close_peer(&victim, close_code::EVICTED, b"evicted");
+        inner
+            .metrics
+            .connections_evicted
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    tokio::spawn(read_loop(Arc::downgrade(inner), conn, node));
+}
+
+async fn accept_loop(quinn: quinn::Endpoint, inner: Weak<Inner>) {
+    while let Some(incoming) = quinn.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let Some(timeout) = inner.upgrade().map(|i| i.config.connect_timeout) else {
+                return;
+            };
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(timeout, accept_one(incoming, inner)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "incoming connection failed"),
+                Err(_) => tracing::debug!(%remote, "incoming connection timed out"),
+            }
+        });
+    }
+}
+
+/// Completes an incoming handshake (the client verifier admits or refuses
+/// the dialer), answers its hello and registers the connection.
+async fn accept_one(incoming: quinn::Incoming, inner: Weak<Inner>) -> Result<(), TransportError> {
+    let conn = incoming.await.map_err(TransportError::Connection)?;
+    let node = identify(&conn)
+        .ok_or_else(|| TransportError::Quic("peer identity missing after the handshake".into()))?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(TransportError::Connection)?;
+    let hello = recv
+        .read_to_end(HELLO.len())
+        .await
+        .map_err(|e| TransportError::Quic(format!("hello: {e}")))?;
+    if hello != HELLO {
+        conn.close(VarInt::from_u32(close_code::PROTOCOL), b"bad hello");
+        return Err(TransportError::Quic("bad hello".into()));
+    }
+    let Some(inner) = inner.upgrade() else {
+        return Ok(());
+    };
+    inner
+        .metrics
+        .connections_accepted
+        .fetch_add(1, Ordering::Relaxed);
+    register(&inner, conn, node);
+    send.write_all(HELLO_ACK)
+        .await
+        .map_err(|e| TransportError::Quic(format!("hello ack: {e}")))?;
+    let _ = send.finish();
+    Ok(())
+}
+
+/// Reads every message stream of one admitted connection until it closes.
+async fn read_loop(inner: Weak<Inner>, conn: Connection, node: NodeId) {
+    while let Ok(stream) = conn.accept_uni().await {
+        let Some(max) = inner.upgrade().map(|i| i.config.max_frame_len) else {
+            break;
+        };
+        tokio::spawn(read_message(inner.clone(), max, conn.clone(), node, stream));
+    }
+    if let Some(inner) = inner.upgrade() {
+        inner.forget(&conn);
+    }
+}
+
+async fn read_message(
+    inner: Weak<Inner>,
+    max: usize,
+    conn: Connection,
+    node: NodeId,
+    mut stream: quinn::RecvStream,
+) {
+    let read = stream.read_to_end(max.saturating_add(1)).await;
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    let frame = match read {
+        Ok(frame) => frame,
+        Err(quinn::ReadToEndError::TooLong) => {
+            inner
+                .metrics
+                .frames_too_large
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %node, max, "peer sent a frame over the size bound; closing its connection");
+            conn.close(
+                VarInt::from_u32(close_code::FRAME_TOO_LARGE),
+                b"frame too large",
+            );
+            inner.forget(&conn);
+            return;
+        }
+        Err(e) => {
+            tracing::debug!(peer = %node, error = %e, "message stream failed");
+            return;
+        }
+    };
+    if frame.is_empty() {
+        tracing::warn!(peer = %node, "peer sent an empty frame; closing its connection");
+        conn.close(VarInt::from_u32(close_code::PROTOCOL), b"empty frame");
+        inner.forget(&conn);
+        return;
+    }
+    let revoked = inner
+        .revocations
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_revoked(&node);
+    if revoked {
+        tracing::warn!(peer = %node, "message from a revoked node dropped; closing its connections");
+        inner.close_peer(&node, close_code::CLOSED, b"revoked");
+        return;
+    }
+    let channel = frame[0];
+    let payload = Bytes::from(frame).slice(1..);
+    inner
+        .metrics
+        .messages_received
+        .fetch_add(1, Ordering::Relaxed);
+    let tx = inner.incoming_tx.clone();
+    drop(inner);
+    let _ = tx
+        .send(Message {
+            from: node,
+            channel,
+            payload,
+        })
+        .await;
+}

@@ -1,12 +1,13 @@
 //! The HTTP ingress: worker threads that accept connections and route requests.
 //!
-//! Each worker owns a single-threaded tokio runtime and accepts from its own
-//! handle to the one listening socket, so a connection, its requests and the
-//! instances serving them stay on one thread: no work stealing and no
-//! cross-thread wake-ups on the hot path.
+//! One acceptor thread hands each new connection to the worker with the
+//! fewest open connections. Each worker owns a single-threaded tokio runtime,
+//! so a connection, its requests and the instances serving them stay on one
+//! thread: no work stealing and no cross-thread wake-ups on the hot path.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use aether_runtime::ResponseBody;
 
@@ -27,6 +28,9 @@ use crate::deployments::Deployments;
 pub(crate) struct IngressThreads {
     threads: Vec<JoinHandle<()>>,
 }
+
+/// Open connections per worker, for least-loaded assignment.
+type Load = Arc<[AtomicUsize]>;
 
 impl IngressThreads {
     pub(crate) fn start(
@@ -37,11 +41,16 @@ impl IngressThreads {
         drain_timeout: Duration,
     ) -> anyhow::Result<Self> {
         listener.set_nonblocking(true)?;
+        let workers = workers.max(1);
+        let load: Load = (0..workers).map(|_| AtomicUsize::new(0)).collect();
         let mut threads = Vec::new();
-        for i in 0..workers.max(1) {
-            let listener = listener.try_clone()?;
+        let mut queues = Vec::new();
+        for i in 0..workers {
+            let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+            queues.push(tx);
             let deployments = deployments.clone();
             let shutdown = shutdown.clone();
+            let load = load.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -49,10 +58,18 @@ impl IngressThreads {
                 std::thread::Builder::new()
                     .name(format!("aether-ingress-{i}"))
                     .spawn(move || {
-                        rt.block_on(worker(listener, deployments, shutdown, drain_timeout));
+                        rt.block_on(worker(i, rx, load, deployments, shutdown, drain_timeout));
                     })?,
             );
         }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        threads.push(
+            std::thread::Builder::new()
+                .name("aether-accept".into())
+                .spawn(move || rt.block_on(acceptor(listener, queues, load, shutdown)))?,
+        );
         Ok(Self { threads })
     }
 
@@ -63,19 +80,53 @@ impl IngressThreads {
     }
 }
 
-async fn worker(
+/// Accepts connections and hands each to the worker with the fewest open
+/// connections, so a burst of connections never piles onto one core.
+async fn acceptor(
     listener: std::net::TcpListener,
-    deployments: Arc<Deployments>,
+    queues: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    load: Load,
     mut shutdown: watch::Receiver<bool>,
-    drain_timeout: Duration,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!("ingress worker cannot use the listener: {e}");
+            tracing::error!("ingress cannot use the listener: {e}");
             return;
         }
     };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted.and_then(|(s, _)| s.into_std()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                };
+                let target = (0..queues.len())
+                    .min_by_key(|i| load[*i].load(Ordering::Relaxed))
+                    .unwrap_or(0);
+                load[target].fetch_add(1, Ordering::Relaxed);
+                if queues[target].send(stream).is_err() {
+                    load[target].fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn worker(
+    index: usize,
+    mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    load: Load,
+    deployments: Arc<Deployments>,
+    mut shutdown: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.keep_alive(true)
@@ -83,12 +134,13 @@ async fn worker(
         .header_read_timeout(Duration::from_secs(30));
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
+            stream = incoming.recv() => {
+                let Some(stream) = stream else { break };
+                let stream = match tokio::net::TcpStream::from_std(stream) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::debug!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        load[index].fetch_sub(1, Ordering::Relaxed);
+                        tracing::debug!("cannot serve a connection: {e}");
                         continue;
                     }
                 };
@@ -100,16 +152,17 @@ async fn worker(
                 });
                 let conn = http.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
+                let load = load.clone();
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
-                        tracing::trace!(%peer, "connection ended: {e}");
+                        tracing::trace!("connection ended: {e}");
                     }
+                    load[index].fetch_sub(1, Ordering::Relaxed);
                 });
             }
             _ = shutdown.changed() => break,
         }
     }
-    drop(listener);
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()

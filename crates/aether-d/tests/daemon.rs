@@ -433,6 +433,15 @@ fn serves_a_deployed_component_and_404s_unrouted_paths() {
     let node = setup.start();
     let probe = fixture("probe");
 
+    // The node created its identity key on first start, readable only by its owner.
+    let key = setup.data_dir().join("node.key");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key)
+            .expect("node.key exists")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
     let deployed = node.deploy_ok(seal(
         &aetherfile("probe", &["/"], ""),
         &probe,

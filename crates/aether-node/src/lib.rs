@@ -49,6 +49,12 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("creating the data directory {}", config.data_dir.display())
         })?;
+        // The node's own identity key, created on first start (0600).
+        let node_key = aether_identity::SecretKey::load_or_create(&aether_identity::node_key_path(
+            &config.data_dir,
+        ))
+        .context("loading the node key")?;
+        tracing::info!(node = %node_key.public(), "node identity");
         let runtime = Runtime::new(config.runtime_config())?;
         let deployments = Arc::new(Deployments::new(&config, runtime));
         let restored = if config.restore {

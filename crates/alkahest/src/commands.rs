@@ -80,6 +80,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("Removed {name}");
             Ok(())
         }
+        Command::Invite {
+            expires,
+            single_use,
+            region,
+            labels,
+            json,
+        } => invite(&home, &expires, single_use, region, &labels, json),
         Command::Lattice {
             command: LatticeCommand::Init { json },
         } => {
@@ -107,6 +114,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn invite(
+    home: &Home,
+    expires: &str,
+    single_use: bool,
+    region: Option<String>,
+    labels: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    use aether_identity::{Invite, InviteConstraints, Labels, Region, parse_duration_secs};
+    let root = home.root_key().with_context(|| {
+        format!(
+            "no lattice root key in {}; run `alkahest lattice init` (or set ALKAHEST_HOME)",
+            home.dir().display()
+        )
+    })?;
+    let lifetime = parse_duration_secs(expires)
+        .with_context(|| format!("`--expires {expires}`: use a duration such as 30m, 1h or 7d"))?;
+    let mut constraints = InviteConstraints::default();
+    if let Some(r) = region {
+        constraints.region = Some(Region::new(&r).with_context(|| format!("`--region {r}`"))?);
+    }
+    let mut set = Labels::new();
+    for pair in labels {
+        set.insert_pair(pair)
+            .with_context(|| format!("`--label {pair}`: expected key=value"))?;
+    }
+    constraints.labels = set;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let lattice = aether_identity::LatticeId::of_root(&root.public());
+    let token = Invite::issue(&root, lattice, constraints, now + lifetime, single_use, now)?;
+    let text = token.to_text();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "invite": text,
+                "id": token.id().to_string(),
+                "lattice": lattice.to_string(),
+                "expires_at": now + lifetime,
+                "single_use": single_use,
+            })
+        );
+    } else {
+        println!("{text}");
+        eprintln!(
+            "Invite {} for lattice {} expires in {expires}{}.",
+            token.id(),
+            lattice,
+            if single_use { ", single use" } else { "" }
+        );
+    }
+    Ok(())
 }
 
 fn client(home: &Home, node: Option<&str>) -> anyhow::Result<AdminClient> {

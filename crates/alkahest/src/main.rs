@@ -107,6 +107,26 @@ enum Command {
         /// Component name.
         name: String,
     },
+    /// Print an invite that admits one new machine (or several) to the lattice.
+    /// Signed with the lattice root key; the new node passes it to
+    /// `aether-d --invite TOKEN`.
+    Invite {
+        /// How long the invite stays valid (`30m`, `1h`, `7d`).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+        /// Admit at most one node with it.
+        #[arg(long)]
+        single_use: bool,
+        /// Region the new node must declare.
+        #[arg(long)]
+        region: Option<String>,
+        /// Label applied to the new node (`key=value`). Repeatable.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Print the invite and its details as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the lattice's keys.
     Lattice {
         #[command(subcommand)]

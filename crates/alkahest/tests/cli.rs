@@ -631,3 +631,45 @@ fn status_of_a_node_that_is_not_running_says_so() {
     assert!(err.contains("cannot reach"), "{err}");
     assert!(err.contains(&local(port).to_string()), "{err}");
 }
+
+#[test]
+fn invite_prints_a_root_signed_token_with_its_constraints() {
+    let home = tempfile::tempdir().expect("tempdir");
+    assert!(lattice_init(home.path()).status.success());
+    let out = run(alkahest(home.path()).args([
+        "invite",
+        "--expires",
+        "2h",
+        "--single-use",
+        "--region",
+        "eu-west",
+        "--label",
+        "tier=edge",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let token = aether_identity::InviteToken::from_text(text.trim()).expect("a valid invite token");
+    let root = aether_identity::home::Home::at(home.path())
+        .root_public()
+        .expect("root public key");
+    let invite = token
+        .certificate()
+        .verify(&root)
+        .expect("signed by the lattice root");
+    assert!(invite.single_use());
+    assert_eq!(
+        invite.constraints().region.as_ref().map(|r| r.as_str()),
+        Some("eu-west")
+    );
+    assert_eq!(invite.constraints().labels.get("tier"), Some("edge"));
+    assert!(invite.expires_at() > invite.issued_at() + 7000);
+
+    let bad = run(alkahest(home.path()).args(["invite", "--expires", "soon"]));
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("--expires soon"), "{}", stderr(&bad));
+
+    let stranger = tempfile::tempdir().expect("tempdir");
+    let none = run(alkahest(stranger.path()).args(["invite"]));
+    assert!(!none.status.success());
+    assert!(stderr(&none).contains("lattice init"), "{}", stderr(&none));
+}

@@ -189,13 +189,15 @@ fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
 }
 
 async fn route(deployments: &Deployments, req: hyper::Request<Incoming>) -> Response<ResponseBody> {
-    let host = req.uri().host().map(str::to_string).or_else(|| {
-        req.headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-    });
-    let Some(deployment) = deployments.route(host.as_deref(), req.uri().path()) else {
+    let deployment = {
+        let host = req.uri().host().or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
+        deployments.route(host, req.uri().path())
+    };
+    let Some(deployment) = deployment else {
         return plain(
             StatusCode::NOT_FOUND,
             format!("no component serves {}\n", req.uri().path()),

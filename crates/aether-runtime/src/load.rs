@@ -15,7 +15,7 @@ use crate::capabilities::OutboundPolicy;
 use crate::engine::Runtime;
 use crate::host::{self, HostState};
 use crate::logs::{LogSink, LogStream};
-use crate::metrics::ComponentLabel;
+use crate::metrics::{ComponentLabel, ComponentMetrics};
 
 /// Lines of output kept per component for `alkahest logs`.
 const LOG_LINES_KEPT: usize = 10_000;
@@ -86,6 +86,7 @@ pub struct LoadedComponent {
 pub(crate) struct ComponentInner {
     pub(crate) name: Arc<str>,
     pub(crate) label: ComponentLabel,
+    pub(crate) stats: ComponentMetrics,
     pub(crate) hash: String,
     pub(crate) runtime: Runtime,
     pub(crate) pre: ProxyPre<HostState>,
@@ -193,10 +194,12 @@ impl Runtime {
             ),
         );
         let max_concurrency = usize::try_from(manifest.limits.max_concurrency).unwrap_or(1);
+        let stats = self.inner.metrics.for_component(&label);
         Ok(LoadedComponent {
             inner: Arc::new(ComponentInner {
                 name: name.as_str().into(),
                 label,
+                stats,
                 hash,
                 runtime: self.clone(),
                 pre,

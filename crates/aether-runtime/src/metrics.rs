@@ -81,10 +81,48 @@ impl Default for RuntimeMetrics {
     }
 }
 
+/// One component's hot-path metric handles, looked up once at load so a
+/// request touches no label map.
+#[derive(Clone)]
+pub(crate) struct ComponentMetrics {
+    /// Requests by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub(crate) requests: [Counter; 5],
+    pub(crate) latency: Histogram,
+    pub(crate) instances: Gauge,
+    pub(crate) instances_created: Counter,
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl ComponentMetrics {
+    /// Counts one response with `status`.
+    pub(crate) fn count(&self, status: u16) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.requests[class].inc();
+    }
+}
+
 impl RuntimeMetrics {
+    pub(crate) fn for_component(&self, label: &ComponentLabel) -> ComponentMetrics {
+        let requests = STATUS_CLASSES.map(|status| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    component: label.component.clone(),
+                    status,
+                })
+                .clone()
+        });
+        ComponentMetrics {
+            requests,
+            latency: self.latency.get_or_create(label).clone(),
+            instances: self.instances.get_or_create(label).clone(),
+            instances_created: self.instances_created.get_or_create(label).clone(),
+        }
+    }
+
     /// Requests served by `component` since the node started, all statuses.
     pub fn requests_for(&self, component: &str) -> u64 {
-        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+        STATUS_CLASSES
             .into_iter()
             .map(|status| {
                 self.requests

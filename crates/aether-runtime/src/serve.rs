@@ -18,7 +18,7 @@ use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpView};
 use crate::host::{HostState, MemoryLimiter, OutboundHooks};
 use crate::load::LoadedComponent;
 use crate::logs::{CapturedStdio, LogStream};
-use crate::metrics::{FaultLabels, RequestLabels};
+use crate::metrics::FaultLabels;
 
 /// Body of every response the runtime produces: the guest's stream, or a
 /// short message from the host.
@@ -69,16 +69,6 @@ fn host_response(status: StatusCode, message: String) -> Response<ResponseBody> 
     resp
 }
 
-fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl LoadedComponent {
     /// Serves one request with a fresh instance and returns its response.
     ///
@@ -93,17 +83,9 @@ impl LoadedComponent {
     {
         let started = Instant::now();
         let resp = self.handle_inner(req, https).await;
-        let c = &self.inner;
-        let m = &c.runtime.inner.metrics;
-        m.latency
-            .get_or_create(&c.label)
-            .observe(started.elapsed().as_secs_f64());
-        m.requests
-            .get_or_create(&RequestLabels {
-                component: c.label.component.clone(),
-                status: status_class(resp.status()),
-            })
-            .inc();
+        let stats = &self.inner.stats;
+        stats.latency.observe(started.elapsed().as_secs_f64());
+        stats.count(resp.status().as_u16());
         resp
     }
 
@@ -227,10 +209,9 @@ impl LoadedComponent {
         let task = tokio::task::spawn(async move {
             let _permit = permit;
             let c = &this.inner;
-            let m = &c.runtime.inner.metrics;
-            let gauge = m.instances.get_or_create(&c.label).clone();
+            let gauge = &c.stats.instances;
             gauge.inc();
-            m.instances_created.get_or_create(&c.label).inc();
+            c.stats.instances_created.inc();
             let run = async {
                 let proxy = c.pre.instantiate_async(&mut store).await?;
                 proxy

@@ -146,6 +146,13 @@ enum LatticeCommand {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, stop quietly when the reader of stdout goes away
+    // (`alkahest logs x | head`) instead of panicking on the failed write.
+    // SAFETY: called first thing in main, before any thread exists; restoring
+    // the default disposition of SIGPIPE has no other effect on the process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

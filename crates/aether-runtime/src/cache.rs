@@ -29,18 +29,12 @@ pub enum CacheOutcome {
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
-    fingerprint: String,
 }
 
 impl CompileCache {
     /// A cache in `dir` (created on first write), or a disabled one for `None`.
-    pub fn new(dir: Option<PathBuf>, engine: &Engine) -> Self {
-        let mut hasher = DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        Self {
-            dir,
-            fingerprint: format!("{:016x}", hasher.finish()),
-        }
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self { dir }
     }
 
     /// The cache directory, if enabled.
@@ -48,10 +42,13 @@ impl CompileCache {
         self.dir.as_deref()
     }
 
-    fn entry(&self, content_hash: &str) -> Option<PathBuf> {
+    fn entry(&self, engine: &Engine, content_hash: &str) -> Option<PathBuf> {
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let fingerprint = hasher.finish();
         self.dir
             .as_ref()
-            .map(|d| d.join(format!("{content_hash}-{}.cwasm", self.fingerprint)))
+            .map(|d| d.join(format!("{content_hash}-{fingerprint:016x}.cwasm")))
     }
 
     /// Returns the compiled component, from disk when possible.
@@ -62,7 +59,7 @@ impl CompileCache {
         wasm: &[u8],
         component_name: &str,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        if let Some(path) = self.entry(content_hash)
+        if let Some(path) = self.entry(engine, content_hash)
             && path.exists()
         {
             // SAFETY: the file was written by `Component::serialize` of an
@@ -81,7 +78,7 @@ impl CompileCache {
             }
         }
         let component = Component::new(engine, wasm)?;
-        let outcome = match self.entry(content_hash) {
+        let outcome = match self.entry(engine, content_hash) {
             None => CacheOutcome::Uncached,
             Some(path) => match write_entry(&path, &component) {
                 Ok(()) => CacheOutcome::Miss,

@@ -1,8 +1,8 @@
 //! The wasmtime engine and the settings it is built with.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::Duration;
 
@@ -60,7 +60,12 @@ pub struct Runtime {
 }
 
 pub(crate) struct RuntimeInner {
+    /// Engine for components without a CPU budget: no fuel checks in their code.
     pub(crate) engine: Engine,
+    /// Engine with fuel metering, built on first use by a component that
+    /// sets `limits.fuel` (metering is an engine-wide compile setting).
+    metered: OnceLock<Engine>,
+    config: RuntimeConfig,
     pub(crate) cache: CompileCache,
     pub(crate) metrics: RuntimeMetrics,
     stop_ticker: Arc<AtomicBool>,
@@ -75,38 +80,50 @@ impl Drop for RuntimeInner {
 impl Runtime {
     /// Builds the engine and starts its epoch ticker thread.
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&config)?)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .context("building the wasm engine")?;
-        let cache = CompileCache::new(config.cache_dir.clone(), &engine);
+        let engine = build_engine(&config, false)?;
+        let cache = CompileCache::new(config.cache_dir.clone());
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        let ticker_engine = engine.weak();
-        let stop = stop_ticker.clone();
+        let inner = Arc::new(RuntimeInner {
+            engine,
+            metered: OnceLock::new(),
+            config,
+            cache,
+            metrics: RuntimeMetrics::default(),
+            stop_ticker: stop_ticker.clone(),
+        });
+        let ticker = Arc::downgrade(&inner);
+        let stop = stop_ticker;
         thread::Builder::new()
             .name("aether-epoch".into())
             .spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     thread::sleep(EPOCH_TICK);
-                    match ticker_engine.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => break,
+                    let Some(inner) = ticker.upgrade() else { break };
+                    inner.engine.increment_epoch();
+                    if let Some(metered) = inner.metered.get() {
+                        metered.increment_epoch();
                     }
                 }
             })
             .context("starting the epoch ticker")?;
-        Ok(Self {
-            inner: Arc::new(RuntimeInner {
-                engine,
-                cache,
-                metrics: RuntimeMetrics::default(),
-                stop_ticker,
-            }),
-        })
+        Ok(Self { inner })
     }
 
-    /// The engine every component of this node is compiled for.
+    /// The engine components without a CPU budget are compiled for.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The engine for a component: the metered one when it has a CPU budget.
+    pub(crate) fn engine_for(&self, metered: bool) -> anyhow::Result<&Engine> {
+        if !metered {
+            return Ok(&self.inner.engine);
+        }
+        if let Some(engine) = self.inner.metered.get() {
+            return Ok(engine);
+        }
+        let engine = build_engine(&self.inner.config, true)?;
+        Ok(self.inner.metered.get_or_init(|| engine))
     }
 
     /// The on-disk cache of compiled code.
@@ -120,7 +137,13 @@ impl Runtime {
     }
 }
 
-fn engine_config(config: &RuntimeConfig) -> anyhow::Result<Config> {
+fn build_engine(config: &RuntimeConfig, metered: bool) -> anyhow::Result<Engine> {
+    Engine::new(&engine_config(config, metered)?)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("building the wasm engine")
+}
+
+fn engine_config(config: &RuntimeConfig, metered: bool) -> anyhow::Result<Config> {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(config.max_instances)
         .total_memories(config.max_instances)
@@ -145,7 +168,7 @@ fn engine_config(config: &RuntimeConfig) -> anyhow::Result<Config> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
-        .consume_fuel(true)
+        .consume_fuel(metered)
         .memory_init_cow(true)
         .parallel_compilation(true)
         .async_stack_size(config.async_stack_size)

@@ -120,7 +120,11 @@ impl Runtime {
         let name = manifest.name.clone();
         check_header(&name, wasm)?;
         let hash = content_hash(wasm);
-        let engine = self.engine();
+        let metered = manifest.limits.fuel.is_some();
+        let engine = self.engine_for(metered).map_err(|e| LoadError::Invalid {
+            name: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
         let (component, cache) = self
             .inner
             .cache

@@ -307,9 +307,11 @@ impl LoadedComponent {
             },
             config: c.config.clone(),
         };
-        let mut store = Store::new(c.runtime.engine(), state);
+        let mut store = Store::new(c.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
-        store.set_fuel(limits.fuel.unwrap_or(u64::MAX))?;
+        if let Some(fuel) = limits.fuel {
+            store.set_fuel(fuel)?;
+        }
         let deadline = Instant::now() + limits.timeout.0;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {

@@ -90,52 +90,41 @@ impl LoadedComponent {
     }
 
     fn fault(&self, error: &ServeError) -> Response<ResponseBody> {
-        let c = &self.inner;
-        let limits = &c.manifest.limits;
-        let (status, message) = match error {
-            ServeError::Trap(msg) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("component `{}` trapped: {msg}", c.name),
-            ),
-            ServeError::Deadline => (
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "component `{}` exceeded its request deadline of {}",
-                    c.name, limits.timeout
-                ),
-            ),
-            ServeError::CpuBudget => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "component `{}` exceeded its CPU budget of {} fuel",
-                    c.name,
-                    limits.fuel.unwrap_or(u64::MAX)
-                ),
-            ),
-            ServeError::Memory => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!(
-                    "component `{}` exceeded its memory limit of {}",
-                    c.name, limits.memory
-                ),
-            ),
-            ServeError::BodyTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "request body exceeds the limit of {} for component `{}`",
-                    limits.max_body, c.name
-                ),
-            ),
-            ServeError::NoResponse => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("component `{}` returned without a response", c.name),
-            ),
-            ServeError::GuestError(code) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("component `{}` failed: {code}", c.name),
-            ),
+        let status = match error {
+            ServeError::Deadline => StatusCode::GATEWAY_TIMEOUT,
+            ServeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        host_response(status, message)
+        host_response(status, self.describe(error))
+    }
+
+    /// The one text for a fault: the caller's response body and the log line.
+    fn describe(&self, err: &ServeError) -> String {
+        let name = &self.inner.name;
+        let limits = &self.inner.manifest.limits;
+        match err {
+            ServeError::Trap(msg) => format!(
+                "component `{name}` trapped: {msg} (its own message, if any, is in its stderr)"
+            ),
+            ServeError::Deadline => format!(
+                "component `{name}` stopped: request deadline exceeded ({})",
+                limits.timeout
+            ),
+            ServeError::CpuBudget => format!(
+                "component `{name}` stopped: CPU budget of {} fuel exhausted",
+                limits.fuel.unwrap_or(u64::MAX)
+            ),
+            ServeError::Memory => format!(
+                "component `{name}` stopped: exceeded its memory limit of {}",
+                limits.memory
+            ),
+            ServeError::BodyTooLarge => format!(
+                "request body exceeds the limit of {} for component `{name}`",
+                limits.max_body
+            ),
+            ServeError::NoResponse => format!("component `{name}` returned without a response"),
+            ServeError::GuestError(code) => format!("component `{name}` failed: {code}"),
+        }
     }
 
     async fn handle_inner<B>(&self, req: hyper::Request<B>, https: bool) -> Response<ResponseBody>
@@ -271,7 +260,7 @@ impl LoadedComponent {
                 kind: err.kind(),
             })
             .inc();
-        let message = describe(err, &c.name);
+        let message = self.describe(err);
         tracing::warn!(component = %c.name, kind = err.kind(), "{message}");
         c.logs.push(LogStream::Host, message);
     }
@@ -322,22 +311,6 @@ impl LoadedComponent {
             }
         });
         Ok(store)
-    }
-}
-
-fn describe(err: &ServeError, name: &str) -> String {
-    match err {
-        ServeError::Trap(msg) => {
-            format!("component `{name}` trapped: {msg} (its own message, if any, is in its stderr)")
-        }
-        ServeError::Deadline => format!("component `{name}` stopped: request deadline exceeded"),
-        ServeError::CpuBudget => format!("component `{name}` stopped: CPU budget (fuel) exhausted"),
-        ServeError::Memory => format!("component `{name}` stopped: memory limit exceeded"),
-        ServeError::BodyTooLarge => {
-            format!("component `{name}`: request body over the limit, request refused")
-        }
-        ServeError::NoResponse => format!("component `{name}` returned without a response"),
-        ServeError::GuestError(code) => format!("component `{name}` failed: {code}"),
     }
 }
 

@@ -76,3 +76,66 @@ pub struct ApiError {
     /// What went wrong, with what to do next when known.
     pub error: String,
 }
+
+/// `GET /v1/nodes`: one member of the lattice as the asked node sees it
+/// (the asked node included, with `is_self`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberJson {
+    /// Node id: its public key, `ed25519:<base64url>`.
+    pub id: String,
+    /// `alive`, `suspect`, `dead`, `left` or `revoked`.
+    pub state: String,
+    /// Region the node was admitted in (empty when none).
+    pub region: String,
+    /// Labels the node was admitted with.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Estimated round-trip time from the asked node, from network coordinates
+    /// (0 for the asked node itself; `null` before any coordinate is known).
+    pub rtt_ms: Option<f64>,
+    /// Raised each time the node restarts or comes back after being declared dead.
+    pub incarnation: u32,
+    /// Mesh address (QUIC, UDP).
+    pub mesh_addr: String,
+    /// HTTP ingress address, when advertised.
+    pub http_addr: Option<String>,
+    /// `aether-d` version it runs.
+    pub version: String,
+    /// CPU cores and memory it has.
+    pub capacity: CapacityJson,
+    /// What it is doing.
+    pub load: LoadJson,
+    /// Whether this row is the node that answered.
+    pub is_self: bool,
+}
+
+/// A member's resources.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CapacityJson {
+    /// CPU cores.
+    pub cores: u32,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// A member's load as it last advertised it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LoadJson {
+    /// Component instances running.
+    pub instances: u32,
+    /// Requests per second.
+    pub request_rate: f32,
+    /// CPU use, percent of all cores.
+    pub cpu_percent: f32,
+}
+
+/// `POST /v1/revoke` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RevokeResponse {
+    /// The revoked node.
+    pub node: String,
+    /// Whether this node learnt of the revocation from this request (false:
+    /// it already knew).
+    pub new: bool,
+    /// Connections with the node closed here.
+    pub closed_connections: usize,
+}

@@ -57,6 +57,70 @@ struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Port of the mesh (QUIC over UDP) on the bind address; other nodes
+    /// `--join` this address.
+    #[arg(long, default_value_t = aether_mesh::DEFAULT_MESH_PORT)]
+    mesh_port: u16,
+    /// Full mesh address (overrides --bind and --mesh-port).
+    #[arg(long)]
+    mesh_listen: Option<SocketAddr>,
+    /// Mesh address other members reach this node on, when it differs from
+    /// the bound one (NAT, 0.0.0.0).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Join the lattice through a member's mesh address (HOST:PORT; the port
+    /// defaults to 7946). Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    join: Vec<String>,
+    /// Invite from `alkahest invite`, used on the first start to admit this
+    /// node (later starts use the stored certificate).
+    #[arg(long, env = "AETHER_INVITE", conflicts_with = "invite_file")]
+    invite: Option<String>,
+    /// File holding the invite (keeps it out of the process list).
+    #[arg(long)]
+    invite_file: Option<PathBuf>,
+    /// Region this node is in (must match the invite's, when it sets one).
+    #[arg(long)]
+    region: Option<String>,
+    /// Label `key=value` for this node. Repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Serve alone: no mesh, even when the node could be admitted.
+    #[arg(long, conflicts_with_all = ["join", "invite", "invite_file"])]
+    no_mesh: bool,
+}
+
+/// Parses `HOST:PORT` or `HOST` (mesh port 7946).
+fn parse_join(text: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, aether_mesh::DEFAULT_MESH_PORT));
+    }
+    let with_port = if text.contains(':') {
+        text.to_string()
+    } else {
+        format!("{text}:{}", aether_mesh::DEFAULT_MESH_PORT)
+    };
+    with_port
+        .to_socket_addrs()
+        .with_context(|| format!("--join {text}: not an address"))?
+        .next()
+        .with_context(|| format!("--join {text}: the name resolves to no address"))
+}
+
+fn read_invite(args: &Args) -> anyhow::Result<Option<aether_identity::InviteToken>> {
+    let text = match (&args.invite, &args.invite_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the invite file {}", path.display()))?,
+        (None, None) => return Ok(None),
+    };
+    aether_identity::InviteToken::from_text(&text)
+        .map(Some)
+        .context("--invite: not a valid invite (copy the whole `aether-invite-v1:...` line that `alkahest invite` printed)")
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -95,9 +159,18 @@ fn main() -> anyhow::Result<()> {
     }
 
     let home = Home::locate();
-    let admin_keys = keys(&args.admin_keys, || {
-        home.root_key().ok().map(|k| k.public())
-    })?;
+    let invite = read_invite(&args)?;
+    // The lattice root this node trusts: from ALKAHEST_HOME, else from the
+    // invite, else from an earlier admission stored in the data directory.
+    let stored_root = std::fs::read_to_string(args.data_dir.join("lattice.pub"))
+        .ok()
+        .and_then(|t| t.trim().parse::<PublicKey>().ok());
+    let lattice_root = home
+        .root_public()
+        .ok()
+        .or_else(|| invite.as_ref().map(|t| *t.root()))
+        .or(stored_root);
+    let admin_keys = keys(&args.admin_keys, || lattice_root)?;
     let publishers = keys(&args.publishers, || {
         home.publisher_key().ok().map(|k| k.public())
     })?;
@@ -109,10 +182,16 @@ fn main() -> anyhow::Result<()> {
         );
     }
     if publishers.is_empty() {
-        anyhow::bail!(
-            "no trusted publisher: pass --trust-publisher ed25519:... or run `alkahest lattice init` \
-             (looked in {})",
-            home.dir().display()
+        if lattice_root.is_none() {
+            anyhow::bail!(
+                "no trusted publisher: pass --trust-publisher ed25519:... or run `alkahest lattice init` \
+                 (looked in {})",
+                home.dir().display()
+            );
+        }
+        tracing::warn!(
+            "no trusted publisher (pass --trust-publisher ed25519:...): deployments to this node \
+             will be refused"
         );
     }
 
@@ -131,6 +210,25 @@ fn main() -> anyhow::Result<()> {
     }
     config.drain_timeout = args.drain_timeout;
     config.runtime.max_instances = args.max_instances;
+    if !args.no_mesh {
+        let listen = args
+            .mesh_listen
+            .unwrap_or(SocketAddr::new(args.bind, args.mesh_port));
+        let mut mesh = aether_mesh::MeshConfig::new(args.data_dir.clone(), listen);
+        mesh.advertise = args.advertise;
+        mesh.join = args
+            .join
+            .iter()
+            .map(|j| parse_join(j))
+            .collect::<anyhow::Result<_>>()?;
+        config.mesh = Some(aether_node::MeshSetup {
+            config: mesh,
+            invite,
+            root_key: home.root_key().ok(),
+            region: args.region.clone(),
+            labels: args.labels.clone(),
+        });
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -6,16 +6,19 @@
 //! Test components come from `scripts/build-fixtures.sh`
 //! (`target/fixtures/*.wasm`); a missing fixture fails the test.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use aether_admin::client::{AdminClient, ClientError};
 use aether_identity::SecretKey;
 use bytes::Bytes;
+use common::{block_on, capture};
 use http::{Method, StatusCode};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -147,27 +150,6 @@ impl Setup {
         d.wait_ready();
         d
     }
-}
-
-/// Collects everything a pipe yields into a shared string, on its own thread.
-fn capture(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(pipe);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match reader.read_line(&mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => sink
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push_str(&line),
-            }
-        }
-    });
-    out
 }
 
 /// A running `aether-d`, SIGKILLed when dropped so a failing test leaves no
@@ -323,14 +305,6 @@ impl Daemon {
     fn get(&self, path: &str) -> HttpResponse {
         request(self.http, "GET", path, &[], b"")
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(f)
 }
 
 /// The status and message of a refused admin request.

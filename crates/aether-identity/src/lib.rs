@@ -23,8 +23,10 @@
 //!
 //! 1. `alkahest invite` calls [`Invite::issue`]: the root certifies a fresh
 //!    invite key, and the [`InviteToken`] handed to the new machine
-//!    (`aether-invite-v1:<base64url>`) carries that certificate and the invite
-//!    secret key.
+//!    (`aether-invite-v1:<base64url>`) carries that certificate, the invite
+//!    secret key and the root *public* key, so the new machine learns which
+//!    root to trust from the token alone ([`InviteToken::root`]; decoding
+//!    refuses a token whose root did not sign its invite).
 //! 2. The new node, with its own key ([`SecretKey::load_or_create`]), calls
 //!    [`NodeCertificate::issue`]: the invite key (and the node key) sign its
 //!    node certificate.
@@ -48,7 +50,10 @@
 //! Everything that crosses the network (invite token, node certificate,
 //! revocation) has one canonical binary encoding: fixed-width integers,
 //! bounded strings and label sets, no trailing bytes, at most
-//! [`MAX_ENCODED_LEN`] bytes. Decoders check lengths before reading and never
+//! [`MAX_ENCODED_LEN`] bytes. Whole ledgers ([`AdmissionLedger::to_bytes`])
+//! and revocation sets ([`RevocationSet::to_bytes`]) have one too, with
+//! elements in strictly ascending order, at most [`MAX_SET_ENCODED_LEN`]
+//! bytes. Decoders check lengths and element counts before reading and never
 //! allocate more than their input.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -79,8 +84,8 @@ pub use admission::revocation::{
     MAX_REVOCATION_REASON_LEN, Revocation, RevocationSet, VerifiedRevocation,
 };
 pub use admission::{
-    AdmissionError, InviteId, Labels, LatticeId, MAX_CLOCK_SKEW_SECS, MAX_ENCODED_LEN, Region,
-    parse_duration_secs,
+    AdmissionError, InviteId, Labels, LatticeId, MAX_CLOCK_SKEW_SECS, MAX_ENCODED_LEN,
+    MAX_SET_ENCODED_LEN, Region, parse_duration_secs,
 };
 
 pub use ed25519_dalek::Signature;
@@ -98,6 +103,8 @@ pub fn node_key_path(data_dir: &Path) -> PathBuf {
 const SECRET_HEADER: &str = "aether-ed25519-secret-v1";
 /// Prefix of a written public key.
 const PUBLIC_PREFIX: &str = "ed25519:";
+/// Domain separation of [`SecretKey::derive_secret`].
+const DERIVE_CONTEXT: &[u8] = b"aether-derived-secret-v1\0";
 
 /// Errors reading, writing or parsing keys.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +175,21 @@ impl SecretKey {
     /// The 32 secret bytes (for encodings that must carry the key).
     pub(crate) fn to_bytes(&self) -> [u8; 32] {
         self.key.to_bytes()
+    }
+
+    /// A 32-byte secret derived from this key for one purpose, named by
+    /// `context` (for example `"aether-transport/stateless-reset/v1"`):
+    /// SHA-256 over a fixed prefix, `context` and the secret key bytes.
+    /// Distinct contexts give independent secrets; the same key always gives
+    /// the same secret, and nobody without the key can compute it.
+    pub fn derive_secret(&self, context: &str) -> [u8; 32] {
+        use sha2::{Digest as _, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(DERIVE_CONTEXT);
+        hasher.update((context.len() as u64).to_be_bytes());
+        hasher.update(context.as_bytes());
+        hasher.update(self.key.to_bytes());
+        hasher.finalize().into()
     }
 
     /// Its public half.
@@ -432,6 +454,17 @@ mod tests {
         assert_eq!(text.parse::<PublicKey>().expect("parse"), key);
         assert!("ed25519:abc".parse::<PublicKey>().is_err());
         assert!("rsa:AAAA".parse::<PublicKey>().is_err());
+    }
+
+    #[test]
+    fn derived_secrets_are_deterministic_and_separated() {
+        let key = SecretKey::from_bytes(&[9; 32]);
+        let again = SecretKey::from_bytes(&[9; 32]);
+        let a = key.derive_secret("a");
+        assert_eq!(a, again.derive_secret("a"));
+        assert_ne!(a, key.derive_secret("b"));
+        assert_ne!(a, SecretKey::from_bytes(&[8; 32]).derive_secret("a"));
+        assert_ne!(a, key.to_bytes());
     }
 
     #[test]

@@ -30,6 +30,10 @@ impl Writer {
         self.buf.push(v);
     }
 
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+    }
+
     pub(crate) fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
@@ -144,8 +148,26 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    pub(crate) fn u32(&mut self) -> Result<u32, AdmissionError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+
     pub(crate) fn u64(&mut self) -> Result<u64, AdmissionError> {
         Ok(u64::from_be_bytes(self.array()?))
+    }
+
+    /// Reads a `u32` element count and checks, before anything is
+    /// allocated, that `count` elements of at least `min_len` bytes each fit
+    /// in the remaining input.
+    pub(crate) fn count(&mut self, min_len: usize) -> Result<usize, AdmissionError> {
+        let count = usize::try_from(self.u32()?).map_err(|_| self.err("count overflows"))?;
+        let remaining = self.input.len() - self.pos;
+        if count.saturating_mul(min_len) > remaining {
+            return Err(self.err(format!(
+                "{count} entries of at least {min_len} bytes do not fit in the {remaining} bytes left"
+            )));
+        }
+        Ok(count)
     }
 
     pub(crate) fn bool(&mut self) -> Result<bool, AdmissionError> {

@@ -3,8 +3,8 @@
 
 use aether_identity::{
     AdmissionError, AdmissionLedger, ClaimStatus, INVITE_TOKEN_PREFIX, Invite, InviteCertificate,
-    InviteConstraints, InviteToken, Labels, LatticeId, NodeCertificate, Region, Revocation,
-    RevocationSet, SecretKey,
+    InviteConstraints, InviteToken, Labels, LatticeId, MAX_REVOCATION_REASON_LEN,
+    MAX_SET_ENCODED_LEN, NodeCertificate, Region, Revocation, RevocationSet, SecretKey,
 };
 use rand::SeedableRng as _;
 use rand::rngs::StdRng;
@@ -57,6 +57,9 @@ fn valid_chain_admits() {
     assert_eq!(received.id(), token.id());
     assert_eq!(received.to_bytes(), token.to_bytes());
     assert_eq!(received.lattice(), lattice.id);
+    // The new machine learns the root to trust from the token alone.
+    assert_eq!(received.root(), &lattice.root.public());
+    assert!(received.certificate().verify(received.root()).is_ok());
     assert!(!format!("{received:?}").contains(&text[INVITE_TOKEN_PREFIX.len()..]));
 
     let node = SecretKey::generate();
@@ -188,6 +191,53 @@ fn invite_from_another_lattice_is_refused() {
             what: "invite certificate (root key signature)"
         })
     );
+}
+
+#[test]
+fn token_root_must_name_and_sign_its_invite() {
+    let ours = Lattice::new(1);
+    let theirs = Lattice::new(2);
+    let token = ours.invite(eu_gold(), true);
+    assert_eq!(token.root(), &ours.root.public());
+    let bytes = token.to_bytes();
+    // Layout: tag (0), root key (1..33), invite certificate (its tag at 33,
+    // its lattice at 34..66), ..., invite secret (last 32 bytes).
+    assert_eq!(&bytes[1..33], ours.root.public().as_bytes());
+    assert_eq!(&bytes[34..66], ours.id.as_bytes());
+
+    // Another root in place of ours does not name the invite's lattice.
+    let mut swapped = bytes.clone();
+    swapped[1..33].copy_from_slice(theirs.root.public().as_bytes());
+    let err = InviteToken::from_bytes(&swapped).expect_err("swapped root");
+    assert!(matches!(err, AdmissionError::Malformed { .. }), "{err:?}");
+    assert!(err.to_string().contains("names lattice"), "{err}");
+
+    // Root and lattice both relabelled to another lattice: that root never
+    // signed the invite.
+    swapped[34..66].copy_from_slice(theirs.id.as_bytes());
+    assert_eq!(
+        InviteToken::from_bytes(&swapped).expect_err("forged"),
+        AdmissionError::ForgedSignature {
+            what: "invite token (its root key did not sign its invite)"
+        }
+    );
+
+    // A foreign invite presented with our root: the lattice does not match.
+    let foreign = theirs
+        .invite(InviteConstraints::default(), false)
+        .to_bytes();
+    let mut mixed = foreign.clone();
+    mixed[1..33].copy_from_slice(ours.root.public().as_bytes());
+    assert!(matches!(
+        InviteToken::from_bytes(&mixed),
+        Err(AdmissionError::Malformed { .. })
+    ));
+
+    // A token of the first format (no root key) is refused with a hint.
+    let mut old = vec![0xA2];
+    old.extend_from_slice(&bytes[33..]);
+    let err = InviteToken::from_bytes(&old).expect_err("old format");
+    assert!(err.to_string().contains("new invite"), "{err}");
 }
 
 #[test]
@@ -474,6 +524,122 @@ fn ledgers_converge_whatever_the_merge_order() {
     let snapshot = forward.clone();
     assert!(forward.merge(&snapshot).displaced.is_empty());
     assert_eq!(forward, snapshot);
+}
+
+/// Ledgers and revocation sets travel between members as bytes.
+#[test]
+fn ledgers_and_revocation_sets_travel_as_bytes() {
+    let lattice = Lattice::new(1);
+    let root = lattice.root.public();
+    let single = lattice.invite(InviteConstraints::default(), true);
+    let multi = lattice.invite(InviteConstraints::default(), false);
+    let mut ledger = AdmissionLedger::new();
+    let empty = ledger.to_bytes().expect("encode");
+    assert_eq!(AdmissionLedger::from_bytes(&empty).expect("decode"), ledger);
+    for (i, token) in [&single, &single, &multi, &multi].into_iter().enumerate() {
+        let at = NOW + i as u64;
+        let admitted =
+            NodeCertificate::issue(token, &SecretKey::generate(), None, Labels::new(), at)
+                .expect("certify")
+                .verify(&root, at)
+                .expect("verify");
+        let _ = ledger.admit(&admitted, at);
+    }
+    let bytes = ledger.to_bytes().expect("encode");
+    let back = AdmissionLedger::from_bytes(&bytes).expect("decode");
+    assert_eq!(back, ledger);
+    assert_eq!(back.winner(single.id()), ledger.winner(single.id()));
+    assert_eq!(back.refused().count(), 1);
+    // A count that cannot fit in the input is refused before allocating.
+    let err = AdmissionLedger::from_bytes(&[0xD1, 0xff, 0xff, 0xff, 0xff]).expect_err("bomb");
+    assert!(err.to_string().contains("do not fit"), "{err}");
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(AdmissionLedger::from_bytes(&longer).is_err());
+    assert!(
+        AdmissionLedger::from_bytes(&vec![0; MAX_SET_ENCODED_LEN + 1])
+            .expect_err("too long")
+            .to_string()
+            .contains("allowed")
+    );
+
+    // Revocation sets are verified as they are decoded.
+    let mut set = RevocationSet::new();
+    let empty = set.to_bytes().expect("encode");
+    assert_eq!(
+        RevocationSet::from_bytes(&empty, &root).expect("decode"),
+        set
+    );
+    let mut revocations: Vec<Revocation> = (0..3)
+        .map(|i| {
+            Revocation::issue(
+                &lattice.root,
+                &SecretKey::generate().public(),
+                "gone",
+                NOW + i,
+            )
+            .expect("revoke")
+        })
+        .collect();
+    for r in &revocations {
+        set.insert(r.verify(&root).expect("valid"));
+    }
+    let bytes = set.to_bytes().expect("encode");
+    assert_eq!(
+        RevocationSet::from_bytes(&bytes, &root).expect("decode"),
+        set
+    );
+    // Another lattice's root verifies none of them.
+    assert!(matches!(
+        RevocationSet::from_bytes(&bytes, &Lattice::new(2).root.public()),
+        Err(AdmissionError::WrongLattice { .. })
+    ));
+    // Out of order or repeated nodes are not canonical.
+    revocations.sort_by_key(|r| *r.node());
+    let encode = |list: &[&Revocation]| {
+        let mut out = vec![0xC2];
+        out.extend_from_slice(&(list.len() as u32).to_be_bytes());
+        for r in list {
+            out.extend_from_slice(&r.to_bytes());
+        }
+        out
+    };
+    let [a, b, c] = [&revocations[0], &revocations[1], &revocations[2]];
+    assert_eq!(encode(&[a, b, c]), bytes);
+    for bad in [encode(&[b, a, c]), encode(&[a, a, c])] {
+        assert!(matches!(
+            RevocationSet::from_bytes(&bad, &root),
+            Err(AdmissionError::Malformed { .. })
+        ));
+    }
+    // A forged revocation spoils the whole set.
+    let mut forged = bytes.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    assert!(matches!(
+        RevocationSet::from_bytes(&forged, &root),
+        Err(AdmissionError::ForgedSignature { .. })
+    ));
+}
+
+#[test]
+fn revocation_set_over_the_bound_is_not_encoded() {
+    let lattice = Lattice::new(1);
+    let reason = "r".repeat(MAX_REVOCATION_REASON_LEN);
+    let mut set = RevocationSet::new();
+    // Each revocation with the longest reason encodes to 338 bytes.
+    for i in 0..(MAX_SET_ENCODED_LEN / 338 + 1) as u64 {
+        let node = SecretKey::generate().public();
+        let r = Revocation::issue(&lattice.root, &node, &reason, NOW + i).expect("revoke");
+        set.insert(r.verify(&lattice.root.public()).expect("valid"));
+    }
+    assert!(matches!(
+        set.to_bytes(),
+        Err(AdmissionError::TooLarge {
+            what: "revocation set",
+            ..
+        })
+    ));
 }
 
 #[test]

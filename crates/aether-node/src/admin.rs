@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use aether_admin::auth::Verifier;
-use aether_admin::types::{ApiError, DeployResponse, LogLineJson, NodeStatus};
+use aether_admin::types::{
+    ApiError, CapacityJson, DeployResponse, LoadJson, LogLineJson, MemberJson, NodeStatus,
+    RevokeResponse,
+};
 use aether_runtime::LogLine;
 use bytes::Bytes;
 use futures::StreamExt as _;
@@ -31,6 +34,8 @@ type AdminBody = UnsyncBoxBody<Bytes, std::io::Error>;
 pub(crate) struct AdminState {
     verifier: Verifier,
     deployments: Arc<Deployments>,
+    mesh: Option<aether_mesh::MeshHandle>,
+    node_id: aether_identity::PublicKey,
     registry: Registry,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -42,15 +47,22 @@ impl AdminState {
     pub(crate) fn new(
         config: &NodeConfig,
         deployments: Arc<Deployments>,
+        mesh: Option<aether_mesh::MeshHandle>,
+        node_id: aether_identity::PublicKey,
         http_addr: SocketAddr,
         admin_addr: SocketAddr,
         started: Instant,
     ) -> Self {
         let mut registry = Registry::default();
         deployments.runtime().metrics().register(&mut registry);
+        if let Some(mesh) = &mesh {
+            mesh.metrics().register(&mut registry);
+        }
         Self {
             verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),
             deployments,
+            mesh,
+            node_id,
             registry,
             http_addr,
             admin_addr,
@@ -221,6 +233,8 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
             }
         }
         (&Method::GET, ["v1", "logs", name]) => logs(state, name, parts.uri.query()),
+        (&Method::GET, ["v1", "nodes"]) => nodes(state).await,
+        (&Method::POST, ["v1", "revoke"]) => revoke(state, &bytes).await,
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {method} {path}"),
@@ -295,4 +309,89 @@ fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Response<AdminBo
         HeaderValue::from_static("application/x-ndjson"),
     );
     resp
+}
+
+fn member_json(m: &aether_mesh::Member) -> MemberJson {
+    let meta = m.metadata.clone().unwrap_or_default();
+    MemberJson {
+        id: m.id.to_string(),
+        state: m.status.as_str().to_string(),
+        region: meta.region,
+        labels: meta.labels.into_iter().collect(),
+        rtt_ms: m
+            .rtt
+            .map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        incarnation: m.incarnation,
+        mesh_addr: m.mesh_addr.to_string(),
+        http_addr: meta.http_addr.map(|a| a.to_string()),
+        version: meta.version,
+        capacity: CapacityJson {
+            cores: meta.capacity.cores,
+            memory_bytes: meta.capacity.memory_bytes,
+        },
+        load: LoadJson {
+            instances: meta.load.instances,
+            request_rate: meta.load.request_rate,
+            cpu_percent: meta.load.cpu_percent,
+        },
+        is_self: m.is_self,
+    }
+}
+
+/// `GET /v1/nodes`: the members this node knows, itself first. A node
+/// outside any lattice lists itself alone.
+async fn nodes(state: &AdminState) -> Response<AdminBody> {
+    let Some(mesh) = &state.mesh else {
+        let me = MemberJson {
+            id: state.node_id.to_string(),
+            state: "alive".into(),
+            region: String::new(),
+            labels: Default::default(),
+            rtt_ms: Some(0.0),
+            incarnation: 0,
+            mesh_addr: String::new(),
+            http_addr: Some(state.http_addr.to_string()),
+            version: env!("CARGO_PKG_VERSION").into(),
+            capacity: CapacityJson::default(),
+            load: LoadJson::default(),
+            is_self: true,
+        };
+        return json(StatusCode::OK, &vec![me]);
+    };
+    match mesh.members().await {
+        Ok(members) => json(
+            StatusCode::OK,
+            &members.iter().map(member_json).collect::<Vec<_>>(),
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+/// `POST /v1/revoke`: the body is a root-signed revocation (binary).
+async fn revoke(state: &AdminState, body: &[u8]) -> Response<AdminBody> {
+    let Some(mesh) = &state.mesh else {
+        return error(
+            StatusCode::CONFLICT,
+            "this node is not in a lattice, so there is nothing to revoke from",
+        );
+    };
+    let revocation = match aether_identity::Revocation::from_bytes(body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let node = revocation.node().to_string();
+    match mesh.revoke(revocation).await {
+        Ok(outcome) => json(
+            StatusCode::OK,
+            &RevokeResponse {
+                node,
+                new: outcome.new,
+                closed_connections: outcome.closed_connections,
+            },
+        ),
+        Err(e @ aether_mesh::MeshError::Revocation(_)) => {
+            error(StatusCode::FORBIDDEN, e.to_string())
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }

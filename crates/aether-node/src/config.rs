@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aether_identity::TrustedKeys;
+use aether_identity::{InviteToken, SecretKey, TrustedKeys};
+use aether_mesh::MeshConfig;
 use aether_runtime::RuntimeConfig;
 
 /// Everything a node needs to start. Every field has a documented default in
@@ -36,6 +37,24 @@ pub struct NodeConfig {
     pub restore: bool,
     /// Engine and pool settings.
     pub runtime: RuntimeConfig,
+    /// Lattice membership; `None` serves alone.
+    pub mesh: Option<MeshSetup>,
+}
+
+/// How a node takes its place in a lattice.
+#[derive(Debug, Clone)]
+pub struct MeshSetup {
+    /// Mesh settings (its `data_dir` is replaced by the node's).
+    pub config: MeshConfig,
+    /// `--invite`: admits the node on its first start.
+    pub invite: Option<InviteToken>,
+    /// The operator's root key, when this machine has one: admits a node that
+    /// has neither a stored certificate nor an invite (the first node).
+    pub root_key: Option<SecretKey>,
+    /// `--region`.
+    pub region: Option<String>,
+    /// `--label k=v`.
+    pub labels: Vec<String>,
 }
 
 impl NodeConfig {
@@ -54,6 +73,7 @@ impl NodeConfig {
             max_essence_bytes: 256 << 20,
             restore: true,
             runtime: RuntimeConfig::default(),
+            mesh: None,
         }
     }
 

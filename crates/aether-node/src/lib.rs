@@ -12,9 +12,10 @@ mod admin;
 mod config;
 mod deployments;
 mod ingress;
+mod load;
 mod router;
 
-pub use config::NodeConfig;
+pub use config::{MeshSetup, NodeConfig};
 pub use deployments::{DeployError, Deployments};
 pub use router::{RouteConflict, RouteTable, route_text};
 
@@ -37,6 +38,8 @@ pub struct NodeHandle {
     ingress: ingress::IngressThreads,
     admin_task: tokio::task::JoinHandle<()>,
     deployments: Arc<Deployments>,
+    mesh: Option<aether_mesh::MeshHandle>,
+    load_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -55,6 +58,10 @@ impl Node {
         ))
         .context("loading the node key")?;
         tracing::info!(node = %node_key.public(), "node identity");
+        let mesh = match &config.mesh {
+            Some(setup) => start_mesh(&config, setup, &node_key).await?,
+            None => None,
+        };
         let runtime = Runtime::new(config.runtime_config())?;
         let deployments = Arc::new(Deployments::new(&config, runtime));
         let restored = if config.restore {
@@ -85,10 +92,15 @@ impl Node {
         let admin_state = Arc::new(admin::AdminState::new(
             &config,
             deployments.clone(),
+            mesh.clone(),
+            node_key.public(),
             http_addr,
             admin_addr,
             started,
         ));
+        let load_task = mesh
+            .clone()
+            .map(|mesh| tokio::spawn(load::report(mesh, deployments.clone())));
         admin_listener.set_nonblocking(true)?;
         let admin_listener = tokio::net::TcpListener::from_std(admin_listener)?;
         let admin_task = tokio::spawn(admin::serve(admin_listener, admin_state, shutdown_rx));
@@ -100,8 +112,83 @@ impl Node {
             ingress,
             admin_task,
             deployments,
+            mesh,
+            load_task,
         })
     }
+}
+
+/// Decides the node's admission and, when it has one, starts its mesh.
+async fn start_mesh(
+    config: &NodeConfig,
+    setup: &MeshSetup,
+    node_key: &aether_identity::SecretKey,
+) -> anyhow::Result<Option<aether_mesh::MeshHandle>> {
+    let request = aether_mesh::AdmissionRequest {
+        invite: setup.invite.as_ref(),
+        root_key: setup.root_key.as_ref(),
+        region: setup.region.as_deref(),
+        labels: &setup.labels,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let admission = aether_mesh::admission::prepare(&config.data_dir, node_key, &request, now)?;
+    let Some(admission) = admission else {
+        if !setup.config.join.is_empty() {
+            anyhow::bail!(
+                "cannot join {}: this node has not been admitted to a lattice; pass \
+                 --invite TOKEN (from `alkahest invite` on the operator's machine)",
+                setup
+                    .config
+                    .join
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        tracing::warn!(
+            "not admitted to any lattice (no --invite, no stored certificate, no root key in \
+             ALKAHEST_HOME): serving alone, without a mesh"
+        );
+        return Ok(None);
+    };
+    match admission.source {
+        aether_mesh::AdmissionSource::Stored => {}
+        aether_mesh::AdmissionSource::Invite => tracing::info!(
+            lattice = %admission.admitted.lattice(),
+            invite = %admission.admitted.invite(),
+            "admitted with the invite"
+        ),
+        aether_mesh::AdmissionSource::RootKey => tracing::info!(
+            lattice = %admission.admitted.lattice(),
+            "admitted with the operator's root key (first node; the root key is not stored)"
+        ),
+    }
+    let mut mesh_config = setup.config.clone();
+    mesh_config.data_dir = config.data_dir.clone();
+    if mesh_config.http_addr.is_none() {
+        mesh_config.http_addr = Some(config.http_addr);
+    }
+    if mesh_config.version.is_empty() {
+        mesh_config.version = env!("CARGO_PKG_VERSION").to_string();
+    }
+    let listen = mesh_config.listen;
+    let handle = aether_mesh::Mesh::start(mesh_config, node_key, admission)
+        .await
+        .map_err(|e| match e {
+            aether_mesh::MeshError::Transport(aether_transport::TransportError::Bind(io))
+                if io.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                anyhow::anyhow!(
+                    "cannot bind the mesh on {listen} (UDP): the address is already in use; \
+                     choose another with --mesh-port or --mesh-listen"
+                )
+            }
+            other => anyhow::Error::new(other).context("starting the mesh"),
+        })?;
+    Ok(Some(handle))
 }
 
 fn bind(addr: SocketAddr, what: &str, flag: &str) -> anyhow::Result<std::net::TcpListener> {
@@ -142,9 +229,20 @@ impl NodeHandle {
         &self.deployments
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to the drain
-    /// timeout), then stops.
+    /// The node's mesh, when it is in a lattice.
+    pub fn mesh(&self) -> Option<&aether_mesh::MeshHandle> {
+        self.mesh.as_ref()
+    }
+
+    /// Leaves the lattice gracefully, stops accepting, lets in-flight
+    /// requests finish (up to the drain timeout), then stops.
     pub async fn shutdown(self) {
+        if let Some(task) = &self.load_task {
+            task.abort();
+        }
+        if let Some(mesh) = &self.mesh {
+            mesh.leave(std::time::Duration::from_secs(3)).await;
+        }
         let _ = self.shutdown.send(true);
         let ingress = self.ingress;
         let _ = tokio::task::spawn_blocking(move || ingress.join()).await;

@@ -6,17 +6,19 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use aether_identity::{NodeId, PublicKey, VerifiedRevocation};
+use aether_identity::{AdmissionLedger, NodeId, VerifiedRevocation};
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, VarInt};
 use rustls::pki_types::CertificateDer;
 use rustls::sign::SingleCertAndKey;
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 
 use crate::identity::TLS_SERVER_NAME;
 use crate::verify::{ClientVerifier, PeerVerifier, ServerVerifier, peer_node_id};
-use crate::{NodeIdentity, SharedRevocations, TransportError, TransportMetrics};
+use crate::{
+    Admission, NodeIdentity, SharedLedger, SharedRevocations, TransportError, TransportMetrics,
+};
 
 /// Application close codes this crate sends.
 pub mod close_code {
@@ -30,8 +32,12 @@ pub mod close_code {
     pub const EVICTED: u32 = 3;
     /// The peer broke the framing protocol (bad hello, empty frame).
     pub const PROTOCOL: u32 = 4;
-    /// The peer already has as many connections as a node may have.
+    /// The oldest connection with a node, closed because a newer one took
+    /// the node past the per-node bound (the node reconnected).
     pub const TOO_MANY: u32 = 5;
+    /// The peer lost a single-use invite to an earlier claim (ledger merge or
+    /// handshake) and is no longer admitted.
+    pub const DISPLACED: u32 = 6;
 }
 
 /// What the dialer sends on its first bidirectional stream; the acceptor
@@ -41,8 +47,9 @@ pub mod close_code {
 const HELLO: &[u8] = b"aether-transport/1";
 const HELLO_ACK: &[u8] = b"aether-transport/1 ok";
 
-/// Live connections one node may have with another (the cached one plus one
-/// made concurrently by the other side).
+/// Live connections one node may have with another (the newest, which is
+/// used, plus one made concurrently by the other side). A newer connection
+/// past the bound closes the oldest.
 const MAX_CONNECTIONS_PER_NODE: usize = 2;
 
 /// Tunables of an [`Endpoint`].
@@ -93,7 +100,8 @@ pub struct Message {
 }
 
 /// A QUIC endpoint of one node: accepts admitted peers, dials them, caches
-/// one connection per peer and carries framed messages. Cheap to clone.
+/// one connection per peer (its newest) and carries framed messages. Cheap
+/// to clone.
 #[derive(Clone)]
 pub struct Endpoint {
     inner: Arc<Inner>,
@@ -116,9 +124,12 @@ struct Inner {
     provider: Arc<rustls::crypto::CryptoProvider>,
     transport: Arc<quinn::TransportConfig>,
     config: Config,
-    revocations: SharedRevocations,
+    admission: Admission,
     metrics: Arc<TransportMetrics>,
     cache: Mutex<Cache>,
+    /// Dials in progress to expected nodes; concurrent `connect`s to one
+    /// node join the same dial.
+    dials: Mutex<HashMap<NodeId, Dial>>,
     incoming_tx: mpsc::Sender<Message>,
     incoming_rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
 }
@@ -130,30 +141,59 @@ impl Drop for Inner {
     }
 }
 
+/// One dial shared by concurrent `connect`s: its outcome, set once.
+type Dial = Arc<OnceCell<Result<NodeId, TransportError>>>;
+
 #[derive(Default)]
 struct Cache {
+    /// Logical clock: orders uses (for eviction) and registrations.
     clock: u64,
-    /// The connection used to reach each peer, with its last use.
+    /// The connection used to reach each peer (its newest admitted one),
+    /// with its last use.
     primary: HashMap<NodeId, (Connection, u64)>,
     /// Every live admitted connection, by `stable_id`.
-    all: HashMap<usize, (NodeId, Connection)>,
+    all: HashMap<usize, Live>,
+}
+
+/// An admitted connection in the cache.
+struct Live {
+    node: NodeId,
+    conn: Connection,
+    /// The clock when it was registered (larger is newer).
+    registered: u64,
+}
+
+impl Cache {
+    /// The newest live connection with `node`, if any.
+    fn newest(&self, node: &NodeId) -> Option<Connection> {
+        self.all
+            .values()
+            .filter(|l| l.node == *node && l.conn.close_reason().is_none())
+            .max_by_key(|l| l.registered)
+            .map(|l| l.conn.clone())
+    }
 }
 
 impl Endpoint {
-    /// Binds `addr` (UDP) and starts accepting peers admitted by `root`
-    /// and not in `revocations`. Must be called within a tokio runtime.
+    /// Binds `addr` (UDP) and starts accepting peers admitted by
+    /// `admission`: chained to its root, not revoked, and admitted by its
+    /// ledger (which records their first admission). Must be called within
+    /// a tokio runtime.
+    ///
+    /// The QUIC stateless-reset key and connection ids are derived from the
+    /// node key, so after a restart with the same key on the same address,
+    /// peers' stale connections to the previous run are reset at their next
+    /// packet.
     pub fn bind(
         addr: SocketAddr,
         identity: NodeIdentity,
-        root: PublicKey,
-        revocations: SharedRevocations,
+        admission: Admission,
         config: Config,
     ) -> Result<Self, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let metrics = Arc::new(TransportMetrics::default());
         let verifier = Arc::new(PeerVerifier::new(
-            root,
-            revocations.clone(),
+            admission.clone(),
             metrics.clone(),
             provider.clone(),
         ));
@@ -181,7 +221,14 @@ impl Endpoint {
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server.transport_config(transport.clone());
 
-        let quinn = quinn::Endpoint::server(server, addr).map_err(TransportError::Bind)?;
+        let socket = std::net::UdpSocket::bind(addr).map_err(TransportError::Bind)?;
+        let quinn = quinn::Endpoint::new(
+            identity.endpoint_config(),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(TransportError::Bind)?;
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
         let inner = Arc::new(Inner {
             node: identity.node_id(),
@@ -191,11 +238,18 @@ impl Endpoint {
             provider,
             transport,
             config,
-            revocations,
+            admission,
             metrics,
             cache: Mutex::new(Cache::default()),
+            dials: Mutex::new(HashMap::new()),
             incoming_tx,
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
+        });
+        let weak = Arc::downgrade(&inner);
+        inner.verifier.on_displaced(move |node| {
+            if let Some(inner) = weak.upgrade() {
+                inner.close_peer(&node, close_code::DISPLACED, b"invite used by another node");
+            }
         });
         tokio::spawn(accept_loop(quinn, Arc::downgrade(&inner)));
         Ok(Self { inner })
@@ -218,26 +272,85 @@ impl Endpoint {
 
     /// The revocation set handshakes consult.
     pub fn revocations(&self) -> &SharedRevocations {
-        &self.inner.revocations
+        &self.inner.admission.revocations
+    }
+
+    /// The admission ledger handshakes consult and record first admissions
+    /// in. Writing to it directly affects later handshakes only; merge other
+    /// members' ledgers with [`Endpoint::merge_ledger`].
+    pub fn ledger(&self) -> &SharedLedger {
+        &self.inner.admission.ledger
+    }
+
+    /// Merges `other` (another member's ledger) into the shared ledger and
+    /// closes every connection with each node the merge displaced (it won a
+    /// single-use invite here, and `other` knows an earlier claim); returns
+    /// those nodes, sorted. They are refused from then on.
+    pub fn merge_ledger(&self, other: &AdmissionLedger) -> Vec<NodeId> {
+        let report = self
+            .inner
+            .admission
+            .ledger
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .merge(other);
+        let mut displaced: Vec<NodeId> = report.displaced.into_iter().map(|(_, n)| n).collect();
+        displaced.sort();
+        displaced.dedup();
+        for node in &displaced {
+            tracing::warn!(%node, "a merged ledger gives this node's single-use invite to an earlier claim; closing its connections");
+            self.inner
+                .close_peer(node, close_code::DISPLACED, b"invite used by another node");
+        }
+        displaced
     }
 
     /// A connection to the node at `addr`, returning its node id.
     ///
     /// With `expected` set and a live cached connection to that node, reuses
-    /// it without touching the network. Otherwise dials `addr`: the
-    /// handshake refuses a peer that fails admission or (with `expected`)
-    /// is another node, and `connect` then also waits until the peer has
-    /// admitted us.
+    /// it without touching the network, and concurrent calls for the same
+    /// node share one dial (to the address of the first) and its outcome.
+    /// Otherwise dials `addr`: the handshake refuses a peer that fails
+    /// admission or (with `expected`) is another node, and `connect` then
+    /// also waits until the peer has admitted us.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         expected: Option<NodeId>,
     ) -> Result<NodeId, TransportError> {
-        if let Some(node) = expected
-            && self.inner.cached(&node).is_some()
-        {
+        let Some(node) = expected else {
+            return self.dial(addr, None).await;
+        };
+        if self.inner.cached(&node).is_some() {
             return Ok(node);
         }
+        let dial: Dial = self.inner.lock_dials().entry(node).or_default().clone();
+        // If the caller that started the dial is cancelled, the next waiter
+        // dials instead.
+        let outcome = dial
+            .get_or_init(|| async {
+                // A dial that finished after our cache check counts too.
+                if self.inner.cached(&node).is_some() {
+                    return Ok(node);
+                }
+                self.dial(addr, Some(node)).await
+            })
+            .await;
+        {
+            let mut dials = self.inner.lock_dials();
+            if dials.get(&node).is_some_and(|d| Arc::ptr_eq(d, &dial)) {
+                dials.remove(&node);
+            }
+        }
+        outcome.as_ref().copied().map_err(TransportError::duplicate)
+    }
+
+    /// Dials `addr` and registers the admitted connection.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> Result<NodeId, TransportError> {
         let inner = &self.inner;
         let tls = rustls::ClientConfig::builder_with_provider(inner.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -355,6 +468,7 @@ impl Endpoint {
         let node = *revocation.revocation().node();
         let new = self
             .inner
+            .admission
             .revocations
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -393,6 +507,10 @@ impl Inner {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_dials(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Dial>> {
+        self.dials.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The live cached connection to `node`, marked as just used.
     fn cached(&self, node: &NodeId) -> Option<Connection> {
         let mut cache = self.lock_cache();
@@ -419,7 +537,7 @@ impl Inner {
     fn forget(&self, conn: &Connection) {
         let id = conn.stable_id();
         let mut cache = self.lock_cache();
-        let Some((node, _)) = cache.all.remove(&id) else {
+        let Some(Live { node, .. }) = cache.all.remove(&id) else {
             return;
         };
         if cache
@@ -428,13 +546,8 @@ impl Inner {
             .is_some_and(|(c, _)| c.stable_id() == id)
         {
             cache.primary.remove(&node);
-            // Promote another live connection with the same node, if any.
-            let other = cache
-                .all
-                .values()
-                .find(|(n, c)| *n == node && c.close_reason().is_none())
-                .map(|(_, c)| c.clone());
-            if let Some(other) = other {
+            // Promote the newest other live connection with the node, if any.
+            if let Some(other) = cache.newest(&node) {
                 let now = cache.clock;
                 cache.primary.insert(node, (other, now));
             }
@@ -448,17 +561,17 @@ impl Inner {
             let ids: Vec<usize> = cache
                 .all
                 .iter()
-                .filter(|(_, (n, _))| n == node)
+                .filter(|(_, l)| l.node == *node)
                 .map(|(id, _)| *id)
                 .collect();
             ids.into_iter()
-                .filter_map(|id| cache.all.remove(&id).map(|(_, c)| c))
+                .filter_map(|id| cache.all.remove(&id).map(|l| l.conn))
                 .collect()
         };
         for conn in &conns {
             conn.close(VarInt::from_u32(code), reason);
         }
-        if code == close_code::CLOSED && !conns.is_empty() {
+        if matches!(code, close_code::CLOSED | close_code::DISPLACED) && !conns.is_empty() {
             self.metrics
                 .connections_closed
                 .fetch_add(conns.len() as u64, Ordering::Relaxed);
@@ -483,36 +596,47 @@ fn read_reason(conn: &Connection, error: quinn::ReadToEndError) -> String {
     }
 }
 
-/// Adds an admitted connection to the cache (evicting the least recently
-/// used peer when full) and starts reading its messages.
+/// Adds an admitted connection to the cache as the node's primary one (the
+/// newest admitted connection is the one used: after the node restarted, the
+/// old one is dead), closes the node's oldest connections past
+/// [`MAX_CONNECTIONS_PER_NODE`], evicts the least recently used peer when the
+/// cache is full, and starts reading the connection's messages.
 fn register(inner: &Arc<Inner>, conn: Connection, node: NodeId) {
     let mut evicted = Vec::new();
+    let mut superseded = Vec::new();
     {
         let mut cache = inner.lock_cache();
-        let live = cache
-            .all
-            .values()
-            .filter(|(n, c)| *n == node && c.close_reason().is_none())
-            .count();
-        if live >= MAX_CONNECTIONS_PER_NODE {
-            drop(cache);
-            tracing::warn!(peer = %node, "too many connections from one node; closing the newest");
-            conn.close(
-                VarInt::from_u32(close_code::TOO_MANY),
-                b"too many connections",
-            );
-            return;
-        }
         cache.clock += 1;
         let now = cache.clock;
-        cache.all.insert(conn.stable_id(), (node, conn.clone()));
-        let keep_existing = cache
-            .primary
-            .get(&node)
-            .is_some_and(|(c, _)| c.close_reason().is_none());
-        if !keep_existing {
-            cache.primary.insert(node, (conn.clone(), now));
+        // The node's other connections, oldest first; closed ones are dropped.
+        let mut mine: Vec<(u64, usize, bool)> = cache
+            .all
+            .iter()
+            .filter(|(_, l)| l.node == node)
+            .map(|(id, l)| (l.registered, *id, l.conn.close_reason().is_none()))
+            .collect();
+        mine.sort_unstable();
+        let mut live = mine.iter().filter(|(_, _, open)| *open).count();
+        for (_, id, open) in mine {
+            if open && live < MAX_CONNECTIONS_PER_NODE {
+                continue;
+            }
+            if let Some(old) = cache.all.remove(&id)
+                && open
+            {
+                live -= 1;
+                superseded.push(old.conn);
+            }
         }
+        cache.all.insert(
+            conn.stable_id(),
+            Live {
+                node,
+                conn: conn.clone(),
+                registered: now,
+            },
+        );
+        cache.primary.insert(node, (conn.clone(), now));
         while cache.primary.len() > inner.config.max_connections.max(1) {
             let Some(victim) = cache
                 .primary
@@ -526,6 +650,13 @@ fn register(inner: &Arc<Inner>, conn: Connection, node: NodeId) {
             cache.primary.remove(&victim);
             evicted.push(victim);
         }
+    }
+    for old in superseded {
+        tracing::debug!(peer = %node, "a newer connection with the node replaces its oldest one");
+        old.close(
+            VarInt::from_u32(close_code::TOO_MANY),
+            b"superseded by a newer connection",
+        );
     }
     for victim in evicted {
         tracing::debug!(peer = %victim, "connection cache full; evicting the least recently used peer");
@@ -636,6 +767,7 @@ async fn read_message(
         return;
     }
     let revoked = inner
+        .admission
         .revocations
         .read()
         .unwrap_or_else(|p| p.into_inner())

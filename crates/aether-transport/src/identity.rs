@@ -5,6 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use aether_identity::{NodeCertificate, NodeId, SecretKey};
+use quinn::ConnectionId;
+use ring::hmac;
+use ring::rand::SecureRandom as _;
 use rustls::pki_types::CertificateDer;
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
@@ -29,6 +32,15 @@ pub const ADMISSION_EXTENSION_OID_TEXT: &str = "1.3.6.1.4.1.62253.1.1";
 /// meaning: peers are identified by their node key, never by name.
 pub(crate) const TLS_SERVER_NAME: &str = "aether-node";
 
+/// [`SecretKey::derive_secret`] context of the stateless-reset key.
+const RESET_KEY_CONTEXT: &str = "aether-transport/stateless-reset/v1";
+/// [`SecretKey::derive_secret`] context of the connection id key.
+const CID_KEY_CONTEXT: &str = "aether-transport/connection-id/v1";
+/// Random bytes at the start of a connection id.
+const CID_NONCE_LEN: usize = 3;
+/// Connection id length: the nonce and a truncated HMAC of it.
+const CID_LEN: usize = 8;
+
 /// DER prefix of an ed25519 `SubjectPublicKeyInfo` (RFC 8410); the 32 key
 /// bytes follow.
 const ED25519_SPKI_PREFIX: [u8; 12] = [
@@ -46,10 +58,19 @@ pub(crate) fn ed25519_spki(key: &NodeId) -> [u8; 44] {
 /// What a node presents in every handshake: its node key (which signs the
 /// TLS handshake) and a self-signed certificate over that key carrying its
 /// [`NodeCertificate`].
+///
+/// It also keeps two HMAC keys derived from the node key, so that they are
+/// the same after a restart: the QUIC stateless-reset key and the key that
+/// tags the connection ids this node issues. A restarted node therefore
+/// recognizes packets of its previous run's connections and answers them
+/// with a stateless reset the peer accepts, closing the stale connection at
+/// once instead of after its idle timeout.
 #[derive(Clone)]
 pub struct NodeIdentity {
     node: NodeId,
     certified: Arc<CertifiedKey>,
+    reset_key: hmac::Key,
+    cid_key: hmac::Key,
 }
 
 impl fmt::Debug for NodeIdentity {
@@ -105,6 +126,8 @@ impl NodeIdentity {
         Ok(Self {
             node,
             certified: Arc::new(certified),
+            reset_key: hmac::Key::new(hmac::HMAC_SHA256, &secret.derive_secret(RESET_KEY_CONTEXT)),
+            cid_key: hmac::Key::new(hmac::HMAC_SHA256, &secret.derive_secret(CID_KEY_CONTEXT)),
         })
     }
 
@@ -120,6 +143,75 @@ impl NodeIdentity {
 
     pub(crate) fn certified_key(&self) -> Arc<CertifiedKey> {
         self.certified.clone()
+    }
+
+    /// The QUIC endpoint configuration: stateless-reset key and connection
+    /// id generator keyed by keys derived from the node key.
+    pub(crate) fn endpoint_config(&self) -> quinn::EndpointConfig {
+        let mut config = quinn::EndpointConfig::new(Arc::new(self.reset_key.clone()));
+        let cid_key = self.cid_key.clone();
+        config.cid_generator(move || {
+            Box::new(CidGenerator {
+                key: cid_key.clone(),
+                rng: ring::rand::SystemRandom::new(),
+                fallback: 0,
+            })
+        });
+        config
+    }
+}
+
+/// Issues 8-byte connection ids: 3 random bytes, then the first 5 bytes of
+/// their HMAC under the node's connection id key. `validate` recognizes the
+/// ids of this node, including those of its previous runs, so that packets
+/// for a connection that no longer exists get a stateless reset while
+/// packets with foreign ids are dropped silently.
+struct CidGenerator {
+    key: hmac::Key,
+    rng: ring::rand::SystemRandom,
+    /// Counter used as the nonce should the OS fail to give randomness.
+    fallback: u32,
+}
+
+impl CidGenerator {
+    fn tag(&self, nonce: &[u8]) -> [u8; CID_LEN - CID_NONCE_LEN] {
+        let mut out = [0u8; CID_LEN - CID_NONCE_LEN];
+        out.copy_from_slice(&hmac::sign(&self.key, nonce).as_ref()[..CID_LEN - CID_NONCE_LEN]);
+        out
+    }
+}
+
+impl quinn::ConnectionIdGenerator for CidGenerator {
+    fn generate_cid(&mut self) -> ConnectionId {
+        let mut bytes = [0u8; CID_LEN];
+        if self.rng.fill(&mut bytes[..CID_NONCE_LEN]).is_err() {
+            // quinn retries ids already in use, so a counter is a correct
+            // (if linkable) fallback.
+            self.fallback = self.fallback.wrapping_add(1);
+            bytes[..CID_NONCE_LEN].copy_from_slice(&self.fallback.to_be_bytes()[1..]);
+        }
+        let tag = self.tag(&bytes[..CID_NONCE_LEN]);
+        bytes[CID_NONCE_LEN..].copy_from_slice(&tag);
+        ConnectionId::new(&bytes)
+    }
+
+    fn validate(&self, cid: &ConnectionId) -> Result<(), quinn_proto::InvalidCid> {
+        if cid.len() != CID_LEN {
+            return Err(quinn_proto::InvalidCid);
+        }
+        if self.tag(&cid[..CID_NONCE_LEN])[..] == cid[CID_NONCE_LEN..] {
+            Ok(())
+        } else {
+            Err(quinn_proto::InvalidCid)
+        }
+    }
+
+    fn cid_len(&self) -> usize {
+        CID_LEN
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 

@@ -32,7 +32,20 @@
 //! 5. the node is not in the shared [`RevocationSet`](aether_identity::RevocationSet)
 //!    as it is at that moment ([`RefusalReason::Revoked`]);
 //! 6. when dialing with an expected node id, the peer is that node
-//!    ([`RefusalReason::UnexpectedNode`]).
+//!    ([`RefusalReason::UnexpectedNode`]);
+//! 7. the shared [`AdmissionLedger`](aether_identity::AdmissionLedger)
+//!    admits it at the handshake's clock and records its first admission
+//!    ([`AdmissionLedger::admit`](aether_identity::AdmissionLedger::admit)):
+//!    a node seen for the first time needs an unexpired invite
+//!    ([`RefusalReason::InviteExpired`]; a node already in the ledger stays
+//!    admitted after expiry), and a single-use invite admits only its
+//!    winner ([`RefusalReason::InviteUsed`]). When the new node's claim is
+//!    earlier than the winner's, the former winner is displaced and its
+//!    connections closed ([`close_code::DISPLACED`]), as they are for nodes
+//!    displaced by [`Endpoint::merge_ledger`].
+//!
+//! The root, revocations and ledger are given to [`Endpoint::bind`] as an
+//! [`Admission`].
 //!
 //! TLS then checks the peer's `CertificateVerify`: an ed25519 signature
 //! (the only scheme offered or accepted) over the handshake transcript by
@@ -63,12 +76,22 @@
 //! # Connections
 //!
 //! One connection per peer is cached (at most [`Config::max_connections`]
-//! peers, least recently used evicted; at most two live connections per
-//! peer, for when both dial at once). [`Endpoint::connect`] with an
-//! expected node id reuses the cached connection. [`Endpoint::close_peer`]
-//! and [`Endpoint::revoke`] close every connection with a node; a message
-//! arriving from a node revoked since its handshake is dropped and its
-//! connections closed.
+//! peers, least recently used evicted): the newest admitted connection with
+//! a node is the one used, so a node that restarted is reachable through its
+//! new connection at once. At most two connections per peer stay open (for
+//! when both dial at once); a newer one closes the oldest
+//! ([`close_code::TOO_MANY`]). [`Endpoint::connect`] with an expected node
+//! id reuses the cached connection, and concurrent calls for one node share
+//! a single dial. [`Endpoint::close_peer`] and [`Endpoint::revoke`] close
+//! every connection with a node; a message arriving from a node revoked
+//! since its handshake is dropped and its connections closed.
+//!
+//! The QUIC stateless-reset key and the key that tags this node's
+//! connection ids are derived from the node key ([`NodeIdentity`]). A node
+//! restarted with the same key on the same address therefore answers a
+//! packet of a connection from its previous run with a stateless reset the
+//! peer accepts, and the peer drops that stale connection immediately
+//! rather than after [`Config::idle_timeout`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -85,7 +108,9 @@ mod tests;
 
 pub use endpoint::{Config, Endpoint, Message, close_code};
 pub use identity::{ADMISSION_EXTENSION_OID, ADMISSION_EXTENSION_OID_TEXT, NodeIdentity};
-pub use verify::{Refusal, RefusalReason, SharedRevocations, TransportMetrics};
+pub use verify::{
+    Admission, Refusal, RefusalReason, SharedLedger, SharedRevocations, TransportMetrics,
+};
 
 /// What can go wrong in the transport. Handshake refusals reach the dialer
 /// as [`TransportError::Connection`] or [`TransportError::Quic`]; the
@@ -142,4 +167,33 @@ pub enum TransportError {
         /// Why.
         reason: String,
     },
+}
+
+impl TransportError {
+    /// An equal error, for each `connect` that shared one dial (variants
+    /// holding an `io::Error` keep its kind and message).
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::IdentityMismatch { key, certified } => Self::IdentityMismatch {
+                key: key.clone(),
+                certified: certified.clone(),
+            },
+            Self::Certificate(e) => Self::Certificate(e.clone()),
+            Self::Tls(e) => Self::Tls(e.clone()),
+            Self::Config(s) => Self::Config(s),
+            Self::Bind(e) => Self::Bind(std::io::Error::new(e.kind(), e.to_string())),
+            Self::Connection(e) => Self::Connection(e.clone()),
+            Self::Quic(s) => Self::Quic(s.clone()),
+            Self::Timeout(addr) => Self::Timeout(*addr),
+            Self::NotConnected(node) => Self::NotConnected(node.clone()),
+            Self::FrameTooLarge { len, max } => Self::FrameTooLarge {
+                len: *len,
+                max: *max,
+            },
+            Self::Send { node, reason } => Self::Send {
+                node: node.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
 }

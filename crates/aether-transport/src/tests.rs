@@ -1,17 +1,16 @@
 //! Real sockets on 127.0.0.1; every wait is bounded.
 
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aether_identity::{
-    Invite, InviteConstraints, Labels, LatticeId, NodeCertificate, Revocation, RevocationSet,
-    SecretKey,
+    AdmissionLedger, Invite, InviteConstraints, InviteToken, Labels, LatticeId, NodeCertificate,
+    Revocation, SecretKey,
 };
 
 use crate::{
-    Config, Endpoint, Message, NodeIdentity, RefusalReason, SharedRevocations, TransportError,
-    close_code,
+    Admission, Config, Endpoint, Message, NodeIdentity, RefusalReason, TransportError, close_code,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -39,21 +38,30 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     .await;
 }
 
-/// A node key and its node certificate, admitted by `root`.
-fn admit(root: &SecretKey) -> (SecretKey, NodeCertificate) {
-    let t = now();
-    let token = Invite::issue(
+/// An invite of `root` issued at `issued`, expiring at `expires`.
+fn invite(root: &SecretKey, single_use: bool, issued: u64, expires: u64) -> InviteToken {
+    Invite::issue(
         root,
         LatticeId::of_root(&root.public()),
         InviteConstraints::default(),
-        t + 3600,
-        false,
-        t,
+        expires,
+        single_use,
+        issued,
     )
-    .expect("invite");
+    .expect("invite")
+}
+
+/// A fresh node key certified with `token` at `at`.
+fn certify(token: &InviteToken, at: u64) -> (SecretKey, NodeCertificate) {
     let node = SecretKey::generate();
-    let cert = NodeCertificate::issue(&token, &node, None, Labels::new(), t).expect("node cert");
+    let cert = NodeCertificate::issue(token, &node, None, Labels::new(), at).expect("node cert");
     (node, cert)
+}
+
+/// A node key and its node certificate, admitted by `root`.
+fn admit(root: &SecretKey) -> (SecretKey, NodeCertificate) {
+    let t = now();
+    certify(&invite(root, false, t, t + 3600), t)
 }
 
 fn identity(root: &SecretKey) -> NodeIdentity {
@@ -61,19 +69,17 @@ fn identity(root: &SecretKey) -> NodeIdentity {
     NodeIdentity::new(&node, &cert).expect("identity")
 }
 
-fn revocations() -> SharedRevocations {
-    Arc::new(RwLock::new(RevocationSet::new()))
+fn start_at(
+    addr: SocketAddr,
+    identity: NodeIdentity,
+    root: &SecretKey,
+    config: Config,
+) -> Endpoint {
+    Endpoint::bind(addr, identity, Admission::new(root.public()), config).expect("bind")
 }
 
 fn start(identity: NodeIdentity, root: &SecretKey, config: Config) -> Endpoint {
-    Endpoint::bind(
-        "127.0.0.1:0".parse().expect("addr"),
-        identity,
-        root.public(),
-        revocations(),
-        config,
-    )
-    .expect("bind")
+    start_at("127.0.0.1:0".parse().expect("addr"), identity, root, config)
 }
 
 fn node(root: &SecretKey) -> Endpoint {
@@ -368,4 +374,363 @@ async fn connection_cache_reuses_and_evicts() {
     assert_eq!(peers, want);
     assert_eq!(a.metrics().connections_evicted(), 1);
     eventually("c sees the eviction", || !c.is_connected(&a.node_id())).await;
+}
+
+/// `dialer` fails to connect to `target`, which refuses it for `reason`.
+async fn assert_refused_for(dialer: &Endpoint, target: &Endpoint, reason: RefusalReason) {
+    let before = target.metrics().refused(reason);
+    let result = bounded("connect", dialer.connect(addr(target), None)).await;
+    assert!(result.is_err(), "connect should fail, got {result:?}");
+    eventually("refusal counted", || {
+        target.metrics().refused(reason) == before + 1
+    })
+    .await;
+    assert!(!target.is_connected(&dialer.node_id()));
+}
+
+#[tokio::test]
+async fn single_use_invite_admits_one_node() {
+    let root = SecretKey::generate();
+    let member = node(&root);
+    let t = now();
+    let token = invite(&root, true, t - 100, t + 3600);
+    let (first_key, first_cert) = certify(&token, t - 50);
+    let (second_key, second_cert) = certify(&token, t - 40);
+    let first = start(
+        NodeIdentity::new(&first_key, &first_cert).expect("identity"),
+        &root,
+        Config::default(),
+    );
+    let second = start(
+        NodeIdentity::new(&second_key, &second_cert).expect("identity"),
+        &root,
+        Config::default(),
+    );
+    bounded(
+        "connect",
+        first.connect(addr(&member), Some(member.node_id())),
+    )
+    .await
+    .expect("the first node to use the invite is admitted");
+    assert_eq!(
+        member.ledger().read().expect("lock").winner(token.id()),
+        Some(first.node_id())
+    );
+    // The second machine to use it is refused, dialing or dialed.
+    assert_refused_for(&second, &member, RefusalReason::InviteUsed).await;
+    assert!(
+        bounded("connect", member.connect(addr(&second), None))
+            .await
+            .is_err()
+    );
+    assert_eq!(member.metrics().refused(RefusalReason::InviteUsed), 2);
+    assert_eq!(RefusalReason::InviteUsed.as_str(), "invite_used");
+    // The winner is unaffected.
+    first
+        .send(&member.node_id(), 1, b"still here")
+        .await
+        .expect("send");
+    assert_eq!(recv(&member).await.from, first.node_id());
+}
+
+#[tokio::test]
+async fn merged_ledger_displaces_a_later_claim() {
+    let root = SecretKey::generate();
+    let member = node(&root);
+    let t = now();
+    let token = invite(&root, true, t - 100, t + 3600);
+    let (later_key, later_cert) = certify(&token, t - 50);
+    let later = start(
+        NodeIdentity::new(&later_key, &later_cert).expect("identity"),
+        &root,
+        Config::default(),
+    );
+    bounded(
+        "connect",
+        later.connect(addr(&member), Some(member.node_id())),
+    )
+    .await
+    .expect("admitted while no earlier claim is known");
+    let conn = later.connection(&member.node_id()).expect("cached");
+    // Another member admitted an earlier claim of the same invite.
+    let (_, earlier_cert) = certify(&token, t - 60);
+    let mut elsewhere = AdmissionLedger::new();
+    elsewhere
+        .admit(
+            &earlier_cert.verify(&root.public(), t).expect("verify"),
+            t - 60,
+        )
+        .expect("admit");
+    assert_eq!(member.merge_ledger(&elsewhere), vec![later.node_id()]);
+    assert!(!member.is_connected(&later.node_id()));
+    let reason = bounded("closed", conn.closed()).await;
+    assert!(
+        matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(close_code::DISPLACED)),
+        "{reason:?}"
+    );
+    // Merging again changes nothing; reconnecting is refused.
+    assert!(member.merge_ledger(&elsewhere).is_empty());
+    assert_refused_for(&later, &member, RefusalReason::InviteUsed).await;
+}
+
+#[tokio::test]
+async fn expired_invite_admits_only_nodes_already_in_the_ledger() {
+    let root = SecretKey::generate();
+    let member = node(&root);
+    let t = now();
+    // Valid for a while, long ago: certificates issued then verify offline.
+    let token = invite(&root, false, t - 100, t - 10);
+    let (late_key, late_cert) = certify(&token, t - 50);
+    let late = start(
+        NodeIdentity::new(&late_key, &late_cert).expect("identity"),
+        &root,
+        Config::default(),
+    );
+    assert_refused_for(&late, &member, RefusalReason::InviteExpired).await;
+    assert!(
+        bounded("connect", member.connect(addr(&late), None))
+            .await
+            .is_err()
+    );
+    assert_eq!(member.metrics().refused(RefusalReason::InviteExpired), 2);
+    assert_eq!(RefusalReason::InviteExpired.as_str(), "invite_expired");
+
+    // A node the member recorded while the invite was valid stays admitted.
+    let (known_key, known_cert) = certify(&token, t - 40);
+    member
+        .ledger()
+        .write()
+        .expect("lock")
+        .admit(
+            &known_cert.verify(&root.public(), t - 40).expect("verify"),
+            t - 40,
+        )
+        .expect("recorded before expiry");
+    let known = start(
+        NodeIdentity::new(&known_key, &known_cert).expect("identity"),
+        &root,
+        Config::default(),
+    );
+    bounded(
+        "connect",
+        known.connect(addr(&member), Some(member.node_id())),
+    )
+    .await
+    .expect("a known node stays admitted after its invite expired");
+    known.send(&member.node_id(), 2, b"hi").await.expect("send");
+    assert_eq!(recv(&member).await.from, known.node_id());
+}
+
+#[tokio::test]
+async fn newest_connection_is_used_and_the_oldest_closed_past_the_bound() {
+    let root = SecretKey::generate();
+    let a = node(&root);
+    let b = node(&root);
+    bounded("connect", a.connect(addr(&b), Some(b.node_id())))
+        .await
+        .expect("a -> b");
+    let first = a.connection(&b.node_id()).expect("cached");
+    // b dials a too: a now uses b's connection.
+    bounded("connect", b.connect(addr(&a), None))
+        .await
+        .expect("b -> a");
+    let second = a.connection(&b.node_id()).expect("cached");
+    assert_ne!(first.stable_id(), second.stable_id());
+    assert!(
+        first.close_reason().is_none(),
+        "two connections may stay open"
+    );
+    // A third connection makes a close the oldest.
+    bounded("connect", b.connect(addr(&a), None))
+        .await
+        .expect("b -> a again");
+    let reason = bounded("closed", first.closed()).await;
+    assert!(
+        matches!(reason, quinn::ConnectionError::LocallyClosed),
+        "{reason:?}"
+    );
+    let third = a.connection(&b.node_id()).expect("cached");
+    assert_ne!(third.stable_id(), second.stable_id());
+    assert!(second.close_reason().is_none());
+    a.send(&b.node_id(), 3, b"over the newest")
+        .await
+        .expect("send");
+    assert_eq!(recv(&b).await.from, a.node_id());
+}
+
+/// Binds `addr` (on `runtime`, if given), retrying while the previous
+/// socket on it is released.
+async fn rebind(
+    runtime: Option<&tokio::runtime::Runtime>,
+    addr: SocketAddr,
+    identity: &NodeIdentity,
+    root: &SecretKey,
+) -> Endpoint {
+    bounded("rebind", async {
+        loop {
+            let bound = {
+                // Never held across an await: tasks of this runtime would
+                // otherwise spawn onto the other one.
+                let _context = runtime.map(|r| r.enter());
+                Endpoint::bind(
+                    addr,
+                    identity.clone(),
+                    Admission::new(root.public()),
+                    Config::default(),
+                )
+            };
+            match bound {
+                Ok(e) => return e,
+                Err(TransportError::Bind(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("bind: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+/// A runtime of its own for a node: shutting it down kills the node without
+/// a word to its peers, like a crash.
+fn crashable_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Kills a node running on `runtime`: its tasks stop without closing
+/// anything (no CONNECTION_CLOSE reaches its peers), then its socket is
+/// released.
+async fn crash(runtime: tokio::runtime::Runtime, endpoint: Endpoint) {
+    // Wait until the runtime's worker has stopped: dropping the endpoint
+    // while its driver still runs would send a close to the peers.
+    bounded(
+        "runtime shutdown",
+        tokio::task::spawn_blocking(move || runtime.shutdown_timeout(LIMIT)),
+    )
+    .await
+    .expect("shutdown");
+    drop(endpoint);
+}
+
+#[tokio::test]
+async fn restarted_node_is_reachable_at_once() {
+    let root = SecretKey::generate();
+    let a = node(&root);
+    let b_identity = identity(&root);
+    let b_id = b_identity.node_id();
+    let runtime = crashable_runtime();
+    let b = rebind(
+        Some(&runtime),
+        "127.0.0.1:0".parse().expect("addr"),
+        &b_identity,
+        &root,
+    )
+    .await;
+    let b_addr = addr(&b);
+    bounded("connect", a.connect(b_addr, Some(b_id)))
+        .await
+        .expect("a -> b");
+    a.send(&b_id, 0, b"before").await.expect("send");
+    assert_eq!(recv(&b).await.payload, &b"before"[..]);
+    let stale = a.connection(&b_id).expect("cached");
+    crash(runtime, b).await;
+
+    // b restarts with the same key on the same address. a's cached
+    // connection is stale; a's next packet on it draws a stateless reset from
+    // the new b, which a accepts because the reset key (and the connection
+    // id key) derive from b's node key, so a redials at once instead of
+    // waiting out the 30 s idle timeout.
+    let b = rebind(None, b_addr, &b_identity, &root).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the restarted node was not reachable within 5 s ({attempts} attempts)"
+        );
+        if bounded("connect", a.connect(b_addr, Some(b_id)))
+            .await
+            .is_ok()
+        {
+            let _ = a.send(&b_id, 1, b"after").await;
+        }
+        match tokio::time::timeout(Duration::from_millis(100), b.recv()).await {
+            Ok(Some(m)) => {
+                assert_eq!((m.from, &m.payload[..]), (a.node_id(), &b"after"[..]));
+                break;
+            }
+            Ok(None) => panic!("endpoint closed"),
+            Err(_) => {}
+        }
+    }
+    let reason = bounded("stale closed", stale.closed()).await;
+    assert!(
+        matches!(reason, quinn::ConnectionError::Reset),
+        "{reason:?}"
+    );
+    assert_eq!(a.metrics().connections_opened(), 2);
+    drop(b);
+
+    // When the restarted node dials first, a reaches it through the new
+    // connection (the newest is the one used; the stale one is also reset as
+    // soon as a retransmits on it: see the test of the cache for the former
+    // alone).
+    let runtime = crashable_runtime();
+    let b = rebind(Some(&runtime), b_addr, &b_identity, &root).await;
+    bounded("connect", b.connect(addr(&a), Some(a.node_id())))
+        .await
+        .expect("b -> a");
+    eventually("a registers b", || a.is_connected(&b_id)).await;
+    let stale = a.connection(&b_id).expect("cached");
+    crash(runtime, b).await;
+    let b = rebind(None, b_addr, &b_identity, &root).await;
+    bounded("connect", b.connect(addr(&a), Some(a.node_id())))
+        .await
+        .expect("restarted b -> a");
+    eventually("a uses the new connection", || {
+        a.connection(&b_id)
+            .is_some_and(|c| c.stable_id() != stale.stable_id())
+    })
+    .await;
+    a.send(&b_id, 2, b"first try").await.expect("send");
+    assert_eq!(recv(&b).await.payload, &b"first try"[..]);
+}
+
+#[tokio::test]
+async fn concurrent_connects_share_one_dial() {
+    let root = SecretKey::generate();
+    let a = node(&root);
+    let b = node(&root);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (a, b_addr, b_id) = (a.clone(), addr(&b), b.node_id());
+        tasks.spawn(async move { a.connect(b_addr, Some(b_id)).await });
+    }
+    let results = bounded("connects", tasks.join_all()).await;
+    for result in results {
+        assert_eq!(result.expect("connect"), b.node_id());
+    }
+    assert_eq!(a.metrics().connections_opened(), 1);
+    eventually("b accepted", || b.metrics().connections_accepted() == 1).await;
+    // A failed shared dial fails every caller, and the next call dials anew.
+    let c = node(&root);
+    let someone_else = SecretKey::generate().public();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..5 {
+        let (a, c_addr) = (a.clone(), addr(&c));
+        tasks.spawn(async move { a.connect(c_addr, Some(someone_else)).await });
+    }
+    for result in bounded("connects", tasks.join_all()).await {
+        assert!(result.is_err());
+    }
+    assert_eq!(a.metrics().refused(RefusalReason::UnexpectedNode), 1);
+    assert!(
+        bounded("connect", a.connect(addr(&c), Some(someone_else)))
+            .await
+            .is_err()
+    );
+    assert_eq!(a.metrics().refused(RefusalReason::UnexpectedNode), 2);
 }

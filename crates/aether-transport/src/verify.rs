@@ -3,9 +3,11 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use aether_identity::{AdmissionError, NodeCertificate, NodeId, PublicKey, RevocationSet};
+use aether_identity::{
+    AdmissionError, AdmissionLedger, NodeCertificate, NodeId, PublicKey, RevocationSet,
+};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -21,6 +23,36 @@ use crate::identity::{ADMISSION_EXTENSION_OID, ed25519_spki};
 /// The revocations a node knows, shared with the transport and updatable at
 /// runtime: a handshake reads the set as it is at that moment.
 pub type SharedRevocations = Arc<RwLock<RevocationSet>>;
+
+/// The admission ledger a node keeps, shared with the transport and
+/// updatable at runtime: a handshake records a peer's first admission in it
+/// and refuses a peer it refuses. Merge other members' ledgers with
+/// [`Endpoint::merge_ledger`](crate::Endpoint::merge_ledger), which also
+/// closes the connections of nodes the merge displaces.
+pub type SharedLedger = Arc<RwLock<AdmissionLedger>>;
+
+/// What every handshake checks a peer against.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// The lattice root public key every peer's admission chain must end at.
+    pub root: PublicKey,
+    /// Revoked nodes, refused in the handshake.
+    pub revocations: SharedRevocations,
+    /// Which nodes each invite admitted: a node seen for the first time must
+    /// have an unexpired invite, and a single-use invite admits one node.
+    pub ledger: SharedLedger,
+}
+
+impl Admission {
+    /// Trusts `root`, with no revocation and an empty ledger.
+    pub fn new(root: PublicKey) -> Self {
+        Self {
+            root,
+            revocations: Arc::new(RwLock::new(RevocationSet::new())),
+            ledger: Arc::new(RwLock::new(AdmissionLedger::new())),
+        }
+    }
+}
 
 /// Why a peer was refused during the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,11 +73,16 @@ pub enum RefusalReason {
     KeyMismatch,
     /// The peer is admitted but is not the node the caller asked for.
     UnexpectedNode,
+    /// The node's invite had expired when this node first saw it (a node
+    /// already in the ledger stays admitted after its invite expires).
+    InviteExpired,
+    /// The node's single-use invite admitted another node.
+    InviteUsed,
 }
 
 impl RefusalReason {
     /// Every reason, in counter order.
-    pub const ALL: [RefusalReason; 7] = [
+    pub const ALL: [RefusalReason; 9] = [
         RefusalReason::BadCertificate,
         RefusalReason::NoAdmission,
         RefusalReason::BadChain,
@@ -53,6 +90,8 @@ impl RefusalReason {
         RefusalReason::Revoked,
         RefusalReason::KeyMismatch,
         RefusalReason::UnexpectedNode,
+        RefusalReason::InviteExpired,
+        RefusalReason::InviteUsed,
     ];
 
     /// A short snake_case name, for logs and metric labels.
@@ -65,6 +104,8 @@ impl RefusalReason {
             RefusalReason::Revoked => "revoked",
             RefusalReason::KeyMismatch => "key_mismatch",
             RefusalReason::UnexpectedNode => "unexpected_node",
+            RefusalReason::InviteExpired => "invite_expired",
+            RefusalReason::InviteUsed => "invite_used",
         }
     }
 
@@ -137,7 +178,8 @@ impl TransportMetrics {
         self.connections_evicted.load(Ordering::Relaxed)
     }
 
-    /// Connections closed by `close_peer` or a revocation.
+    /// Connections closed by `close_peer`, a revocation or a ledger merge
+    /// that displaced their node.
     pub fn connections_closed(&self) -> u64 {
         self.connections_closed.load(Ordering::Relaxed)
     }
@@ -173,34 +215,51 @@ pub(crate) fn peer_node_id(der: &CertificateDer<'_>) -> Option<NodeId> {
         .map(|c| *c.node())
 }
 
+/// Called with a node that a handshake's ledger admission displaced (it won
+/// a single-use invite until an earlier claim arrived).
+type DisplacedHook = Box<dyn Fn(NodeId) + Send + Sync>;
+
 /// The checks shared by both sides of a handshake.
-#[derive(Debug)]
 pub(crate) struct PeerVerifier {
-    root: PublicKey,
-    revocations: SharedRevocations,
+    admission: Admission,
     metrics: Arc<TransportMetrics>,
     provider: Arc<CryptoProvider>,
+    on_displaced: OnceLock<DisplacedHook>,
+}
+
+impl fmt::Debug for PeerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerVerifier")
+            .field("root", &self.admission.root)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PeerVerifier {
     pub(crate) fn new(
-        root: PublicKey,
-        revocations: SharedRevocations,
+        admission: Admission,
         metrics: Arc<TransportMetrics>,
         provider: Arc<CryptoProvider>,
     ) -> Self {
         Self {
-            root,
-            revocations,
+            admission,
             metrics,
             provider,
+            on_displaced: OnceLock::new(),
         }
+    }
+
+    /// Sets what to do with a node displaced by a handshake (the endpoint
+    /// closes its connections). Only the first call has an effect.
+    pub(crate) fn on_displaced(&self, hook: impl Fn(NodeId) + Send + Sync + 'static) {
+        let _ = self.on_displaced.set(Box::new(hook));
     }
 
     /// Every admission check on the peer's end-entity certificate, in order:
     /// X.509 parse, admission extension present, node certificate decodes
     /// and chains to our root at `now`, TLS key equals the admitted node
-    /// key, not revoked, and (client side) the node asked for.
+    /// key, not revoked, (client side) the node asked for, and finally the
+    /// ledger admits it at `now` (recording a first admission).
     pub(crate) fn admit(
         &self,
         der: &CertificateDer<'_>,
@@ -229,10 +288,12 @@ impl PeerVerifier {
             })?;
         let node_cert = NodeCertificate::from_bytes(ext.value)
             .map_err(|e| Refusal::new(BadChain, e.to_string()))?;
-        let admitted = node_cert.verify(&self.root, now).map_err(|e| match e {
-            AdmissionError::WrongLattice { .. } => Refusal::new(ForeignLattice, e.to_string()),
-            other => Refusal::new(BadChain, other.to_string()),
-        })?;
+        let admitted = node_cert
+            .verify(&self.admission.root, now)
+            .map_err(|e| match e {
+                AdmissionError::WrongLattice { .. } => Refusal::new(ForeignLattice, e.to_string()),
+                other => Refusal::new(BadChain, other.to_string()),
+            })?;
         let node = *admitted.node();
         if cert.public_key().raw != ed25519_spki(&node).as_slice() {
             return Err(Refusal::new(
@@ -242,7 +303,8 @@ impl PeerVerifier {
                 ),
             ));
         }
-        self.revocations
+        self.admission
+            .revocations
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .check(&node)
@@ -255,7 +317,34 @@ impl PeerVerifier {
                 format!("expected node {expected}, the peer is node {node}"),
             ));
         }
-        Ok(node)
+        let outcome = self
+            .admission
+            .ledger
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(&admitted, now);
+        match outcome {
+            Ok(outcome) => {
+                if let Some(displaced) = outcome.displaced {
+                    tracing::warn!(
+                        node = %displaced,
+                        winner = %node,
+                        "an earlier claim of a single-use invite displaced a node; closing its connections"
+                    );
+                    if let Some(hook) = self.on_displaced.get() {
+                        hook(displaced);
+                    }
+                }
+                Ok(node)
+            }
+            Err(e @ AdmissionError::InviteExpired { .. }) => {
+                Err(Refusal::new(InviteExpired, e.to_string()))
+            }
+            Err(e @ AdmissionError::InviteAlreadyUsed { .. }) => {
+                Err(Refusal::new(InviteUsed, e.to_string()))
+            }
+            Err(other) => Err(Refusal::new(BadChain, other.to_string())),
+        }
     }
 
     /// [`PeerVerifier::admit`], counting and logging a refusal and turning it

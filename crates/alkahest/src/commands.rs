@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use aether_admin::client::AdminClient;
-use aether_admin::types::{ComponentStatus, DeployResponse, LogLineJson, NodeStatus};
+use aether_admin::types::{
+    ComponentStatus, DeployResponse, LogLineJson, MemberJson, NodeStatus, RevokeResponse,
+};
 use aether_identity::home::Home;
 use aether_identity::{SecretKey, TrustedKeys};
 use aether_node::{Node, NodeConfig};
@@ -87,6 +89,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             labels,
             json,
         } => invite(&home, &expires, single_use, region, &labels, json),
+        Command::Nodes { json } => nodes(&home, node.as_deref(), json).await,
+        Command::Revoke {
+            node: id,
+            reason,
+            json,
+        } => revoke(&home, node.as_deref(), &id, &reason, json).await,
         Command::Lattice {
             command: LatticeCommand::Init { json },
         } => {
@@ -473,5 +481,73 @@ async fn up(
         let _ = std::fs::remove_file(home.node_file());
     }
     eprintln!("Stopped");
+    Ok(())
+}
+
+async fn nodes(home: &Home, node: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let client = client(home, node)?;
+    let members: Vec<MemberJson> = client.json(Method::GET, "/v1/nodes", Bytes::new()).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&members)?);
+    } else {
+        output::print_members(&members);
+    }
+    Ok(())
+}
+
+async fn revoke(
+    home: &Home,
+    node: Option<&str>,
+    id: &str,
+    reason: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = client(home, node)?;
+    let root = home.root_key().with_context(|| {
+        format!(
+            "revoking needs the lattice root key, which is not in {}",
+            home.dir().display()
+        )
+    })?;
+    let target: aether_identity::PublicKey = if id.starts_with("ed25519:") && id.len() > 50 {
+        id.parse()
+            .with_context(|| format!("`{id}` is not a node id"))?
+    } else {
+        let members: Vec<MemberJson> = client.json(Method::GET, "/v1/nodes", Bytes::new()).await?;
+        let matches: Vec<&MemberJson> = members
+            .iter()
+            .filter(|m| m.id.starts_with(id) || m.id.trim_start_matches("ed25519:").starts_with(id))
+            .collect();
+        match matches.as_slice() {
+            [one] => one.id.parse()?,
+            [] => anyhow::bail!("no member's id starts with `{id}` (see `alkahest nodes`)"),
+            many => anyhow::bail!("`{id}` matches {} members; give more of the id", many.len()),
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let revocation = aether_identity::Revocation::issue(&root, &target, reason, now)?;
+    let outcome: RevokeResponse = client
+        .json(
+            Method::POST,
+            "/v1/revoke",
+            Bytes::from(revocation.to_bytes()),
+        )
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        println!(
+            "Revoked {}{}; the lattice refuses it from now on.",
+            outcome.node,
+            if outcome.new {
+                ""
+            } else {
+                " (already revoked)"
+            }
+        );
+    }
     Ok(())
 }

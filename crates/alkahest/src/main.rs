@@ -127,6 +127,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the lattice's members as the node sees them: id, state, region,
+    /// estimated round-trip time, incarnation, load.
+    Nodes {
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node (signed with the lattice root key): every member closes
+    /// its connections and refuses it from then on.
+    Revoke {
+        /// Node id (`ed25519:...`) or a unique prefix of it, as `alkahest nodes` prints.
+        node: String,
+        /// Why, recorded with the revocation.
+        #[arg(long, default_value = "revoked by the operator")]
+        reason: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the lattice's keys.
     Lattice {
         #[command(subcommand)]

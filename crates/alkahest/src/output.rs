@@ -63,3 +63,30 @@ pub fn print_components(components: &[ComponentStatus]) {
         );
     }
 }
+
+/// Prints `alkahest nodes` as a table, the answering node marked with `*`.
+pub fn print_members(members: &[aether_admin::types::MemberJson]) {
+    println!(
+        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8}  MESH",
+        "ID", "STATE", "REGION", "RTT", "INC", "INSTANCES", "REQ/S"
+    );
+    for m in members {
+        let id = m.id.trim_start_matches("ed25519:");
+        let short = &id[..id.len().min(22)];
+        let rtt = m
+            .rtt_ms
+            .map_or_else(|| "-".to_string(), |r| format!("{r:.1}ms"));
+        println!(
+            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1}  {}",
+            if m.is_self { "*" } else { " " },
+            short,
+            m.state,
+            if m.region.is_empty() { "-" } else { &m.region },
+            rtt,
+            m.incarnation,
+            m.load.instances,
+            m.load.request_rate,
+            m.mesh_addr
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! Invites: the root key certifies a fresh invite key, and the newcomer gets
-//! that certificate together with the invite secret as one printable token.
+//! that certificate, the invite secret and the root public key as one
+//! printable token.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -11,8 +12,11 @@ use crate::{PublicKey, SecretKey, Signature};
 
 /// Type tag that starts an encoded invite certificate.
 const INVITE_CERT_TAG: u8 = 0xA1;
+/// Type tag that started an invite token of the first format, which did not
+/// carry the root key (refused with a message saying so).
+const OLD_INVITE_TOKEN_TAG: u8 = 0xA2;
 /// Type tag that starts an encoded invite token.
-const INVITE_TOKEN_TAG: u8 = 0xA2;
+const INVITE_TOKEN_TAG: u8 = 0xA3;
 /// Domain separation for the root's signature over an invite.
 const INVITE_SIG_CONTEXT: &[u8] = b"aether-invite-certificate-v1\0";
 
@@ -107,6 +111,7 @@ impl Invite {
         };
         let signature = root.sign(&invite.signed_message());
         Ok(InviteToken {
+            root: root.public(),
             certificate: InviteCertificate { invite, signature },
             secret,
         })
@@ -245,18 +250,29 @@ impl InviteCertificate {
     }
 }
 
-/// What the operator hands to a new machine: the invite certificate and the
-/// invite secret key, printed as `aether-invite-v1:<base64url>`.
+/// What the operator hands to a new machine: the lattice root public key,
+/// the invite certificate and the invite secret key, printed as
+/// `aether-invite-v1:<base64url>`.
 ///
-/// Anyone holding the token can admit nodes within its constraints until it
-/// expires, so it is a secret; its `Debug` form omits the secret key.
+/// The root key tells the new machine which lattice to trust: a decoded token
+/// always carries a root whose [`LatticeId`] is the invite's lattice and
+/// whose signature over the invite verifies. Anyone holding the token can
+/// admit nodes within its constraints until it expires, so it is a secret;
+/// its `Debug` form omits the secret key.
 #[derive(Debug, Clone)]
 pub struct InviteToken {
+    root: PublicKey,
     certificate: InviteCertificate,
     secret: SecretKey,
 }
 
 impl InviteToken {
+    /// The lattice root public key (checked on decoding: it names the
+    /// invite's lattice and signed the invite).
+    pub fn root(&self) -> &PublicKey {
+        &self.root
+    }
+
     /// The invite certificate (public).
     pub fn certificate(&self) -> &InviteCertificate {
         &self.certificate
@@ -281,27 +297,58 @@ impl InviteToken {
         &self.secret
     }
 
-    /// Its canonical binary encoding (contains the invite secret).
+    /// Its canonical binary encoding (contains the invite secret): tag, root
+    /// key, invite certificate, invite secret.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
         w.u8(INVITE_TOKEN_TAG);
+        w.key(&self.root);
         self.certificate.encode(&mut w);
         w.raw(&self.secret.to_bytes());
         w.into_bytes()
     }
 
-    /// Decodes [`InviteToken::to_bytes`]; checks that the secret matches the
-    /// certified invite key (the root signature is checked by members).
+    /// Decodes [`InviteToken::to_bytes`] and checks it is self-consistent:
+    /// the secret matches the certified invite key
+    /// ([`AdmissionError::Malformed`]), the root key hashes to the invite's
+    /// lattice ([`AdmissionError::Malformed`]: the root or the invite was
+    /// swapped) and the root signed the invite
+    /// ([`AdmissionError::ForgedSignature`]). Expiry is not checked here.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AdmissionError> {
         let mut r = Reader::new(bytes, "invite token", MAX_ENCODED_LEN)?;
+        if bytes.first() == Some(&OLD_INVITE_TOKEN_TAG) {
+            return Err(r.err(
+                "this token is of an older format that does not carry the lattice root key; ask the operator for a new invite",
+            ));
+        }
         r.expect_tag(INVITE_TOKEN_TAG)?;
+        let root = r.key()?;
         let certificate = InviteCertificate::decode(&mut r)?;
         let secret = SecretKey::from_bytes(&r.array::<32>()?);
-        if secret.public() != certificate.invite.invite_key {
-            return Err(r.err("the invite secret does not match the certified invite key"));
-        }
         r.finish()?;
+        if secret.public() != certificate.invite.invite_key {
+            return Err(AdmissionError::Malformed {
+                what: "invite token",
+                reason: "the invite secret does not match the certified invite key".to_string(),
+            });
+        }
+        let named = LatticeId::of_root(&root);
+        if named != certificate.invite.lattice {
+            return Err(AdmissionError::Malformed {
+                what: "invite token",
+                reason: format!(
+                    "its root key {root} names lattice {named}, but its invite is for lattice {}",
+                    certificate.invite.lattice
+                ),
+            });
+        }
+        certificate
+            .verify(&root)
+            .map_err(|_| AdmissionError::ForgedSignature {
+                what: "invite token (its root key did not sign its invite)",
+            })?;
         Ok(Self {
+            root,
             certificate,
             secret,
         })

@@ -4,12 +4,23 @@
 use std::collections::BTreeMap;
 
 use super::node::{AdmittedNode, NodeId};
-use super::{AdmissionError, InviteId};
+use super::{AdmissionError, InviteId, MAX_SET_ENCODED_LEN};
+use crate::wire::{Reader, Writer};
 
 /// Most claims kept per single-use invite: the winner and the smallest
 /// losers. Losers beyond it are refused all the same (they are not the
 /// winner); keeping the smallest ones keeps merging deterministic.
 pub const MAX_CLAIMS_PER_SINGLE_USE_INVITE: usize = 16;
+
+/// Type tag that starts an encoded admission ledger.
+const LEDGER_TAG: u8 = 0xD1;
+/// Encoded length of one claim: node key, `issued_at`.
+const CLAIM_LEN: usize = 32 + 8;
+/// Encoded length of an invite record before its claims: id, single-use
+/// flag, expiry, claim count.
+const RECORD_HEAD_LEN: usize = 16 + 1 + 8 + 4;
+/// Encoded length of the ledger before its records: tag, record count.
+const LEDGER_HEAD_LEN: usize = 1 + 4;
 
 /// The admissions one member knows of, per invite (pure state, no I/O).
 ///
@@ -231,6 +242,105 @@ impl AdmissionLedger {
         })
     }
 
+    /// Its canonical encoding, for exchanging ledgers between members:
+    ///
+    /// ```text
+    /// 0xD1, u32 invite count, per invite in ascending id order:
+    ///   id (16 bytes), single_use (0/1), expires_at (u64),
+    ///   u32 claim count (at least 1), per claim in ascending node key order:
+    ///     node key (32 bytes), issued_at (u64)
+    /// ```
+    ///
+    /// Integers are big-endian. Fails with [`AdmissionError::TooLarge`] when
+    /// the encoding would exceed [`MAX_SET_ENCODED_LEN`], which
+    /// [`AdmissionLedger::from_bytes`] refuses.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, AdmissionError> {
+        let len = self.invites.values().fold(LEDGER_HEAD_LEN, |len, record| {
+            len.saturating_add(RECORD_HEAD_LEN)
+                .saturating_add(record.claims.len().saturating_mul(CLAIM_LEN))
+        });
+        let too_large = || AdmissionError::TooLarge {
+            what: "admission ledger",
+            len,
+            max: MAX_SET_ENCODED_LEN,
+        };
+        if len > MAX_SET_ENCODED_LEN {
+            return Err(too_large());
+        }
+        let count = |n: usize| u32::try_from(n).map_err(|_| too_large());
+        let mut w = Writer::new();
+        w.u8(LEDGER_TAG);
+        w.u32(count(self.invites.len())?);
+        for (id, record) in &self.invites {
+            w.raw(id.as_bytes());
+            w.bool(record.single_use);
+            w.u64(record.expires_at);
+            w.u32(count(record.claims.len())?);
+            for (node, issued_at) in &record.claims {
+                w.key(node);
+                w.u64(*issued_at);
+            }
+        }
+        Ok(w.into_bytes())
+    }
+
+    /// Decodes [`AdmissionLedger::to_bytes`]: at most
+    /// [`MAX_SET_ENCODED_LEN`] bytes, strictly ascending invite ids and node
+    /// keys, at least one claim per invite, at most
+    /// [`MAX_CLAIMS_PER_SINGLE_USE_INVITE`] per single-use invite, no trailing
+    /// bytes, so every ledger has exactly one encoding.
+    ///
+    /// The claims are what the sending member says it admitted; nothing in
+    /// them is signed. [`AdmissionLedger::merge`] trusts them, so decode
+    /// ledgers only from admitted members.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, AdmissionError> {
+        let mut r = Reader::new(bytes, "admission ledger", MAX_SET_ENCODED_LEN)?;
+        r.expect_tag(LEDGER_TAG)?;
+        let count = r.count(RECORD_HEAD_LEN + CLAIM_LEN)?;
+        let mut invites = BTreeMap::new();
+        let mut previous: Option<InviteId> = None;
+        for _ in 0..count {
+            let id = r.invite_id()?;
+            if previous.is_some_and(|p| p >= id) {
+                return Err(r.err("invite ids are not in strictly ascending order"));
+            }
+            previous = Some(id);
+            let single_use = r.bool()?;
+            let expires_at = r.u64()?;
+            let claim_count = r.count(CLAIM_LEN)?;
+            if claim_count == 0 {
+                return Err(r.err(format!("invite {id} has no claims")));
+            }
+            if single_use && claim_count > MAX_CLAIMS_PER_SINGLE_USE_INVITE {
+                return Err(r.err(format!(
+                    "single-use invite {id} has {claim_count} claims, at most {MAX_CLAIMS_PER_SINGLE_USE_INVITE} are kept"
+                )));
+            }
+            let mut claims = BTreeMap::new();
+            let mut previous_node: Option<NodeId> = None;
+            for _ in 0..claim_count {
+                let node = r.key()?;
+                if previous_node.is_some_and(|p| p >= node) {
+                    return Err(r.err(format!(
+                        "claims of invite {id} are not in strictly ascending node key order"
+                    )));
+                }
+                previous_node = Some(node);
+                claims.insert(node, r.u64()?);
+            }
+            invites.insert(
+                id,
+                InviteRecord {
+                    single_use,
+                    expires_at,
+                    claims,
+                },
+            );
+        }
+        r.finish()?;
+        Ok(Self { invites })
+    }
+
     /// How many invites the ledger knows.
     pub fn len(&self) -> usize {
         self.invites.len()
@@ -239,5 +349,46 @@ impl AdmissionLedger {
     /// Whether it knows none.
     pub fn is_empty(&self) -> bool {
         self.invites.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SecretKey;
+
+    #[test]
+    fn ledger_over_the_bound_is_not_encoded() {
+        let claims = (MAX_SET_ENCODED_LEN - LEDGER_HEAD_LEN - RECORD_HEAD_LEN) / CLAIM_LEN + 1;
+        let mut record = InviteRecord {
+            single_use: false,
+            expires_at: 10,
+            claims: BTreeMap::new(),
+        };
+        for i in 0..claims {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            record
+                .claims
+                .insert(SecretKey::from_bytes(&seed).public(), 1);
+        }
+        let mut ledger = AdmissionLedger::new();
+        ledger
+            .invites
+            .insert(InviteId::from_bytes([1; 16]), record.clone());
+        assert!(matches!(
+            ledger.to_bytes(),
+            Err(AdmissionError::TooLarge {
+                what: "admission ledger",
+                ..
+            })
+        ));
+        // One claim fewer fits exactly at the bound and round-trips.
+        let last = *record.claims.keys().next_back().expect("claims");
+        record.claims.remove(&last);
+        ledger.invites.insert(InviteId::from_bytes([1; 16]), record);
+        let bytes = ledger.to_bytes().expect("fits");
+        assert!(bytes.len() <= MAX_SET_ENCODED_LEN);
+        assert_eq!(AdmissionLedger::from_bytes(&bytes).expect("decode"), ledger);
     }
 }

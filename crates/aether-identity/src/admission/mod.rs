@@ -20,6 +20,14 @@ pub mod revocation;
 /// labels on both itself and its invite is under 5 KiB).
 pub const MAX_ENCODED_LEN: usize = 8 * 1024;
 
+/// Largest encoding of a whole [`AdmissionLedger`](crate::AdmissionLedger)
+/// or [`RevocationSet`](crate::RevocationSet) accepted by a decoder (1 MiB:
+/// about 26,000 ledger claims or 3,000 revocations with the longest reason).
+/// Decoders check every element count against the remaining input before
+/// allocating; encoders refuse a value over it with
+/// [`AdmissionError::TooLarge`].
+pub const MAX_SET_ENCODED_LEN: usize = 1024 * 1024;
+
 /// How far in the future a node certificate's `issued_at` may be, relative to
 /// the verifier's `now`, to absorb clock skew between machines.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
@@ -94,6 +102,18 @@ pub enum AdmissionError {
         invite: InviteId,
         /// The node it admitted (boxed: keeps the error small).
         winner: Box<PublicKey>,
+    },
+    /// A value is too large for the encoding bound its receivers enforce.
+    #[error(
+        "{what} encodes to {len} bytes, more than the {max} bytes a peer accepts; send it in parts"
+    )]
+    TooLarge {
+        /// What was being encoded.
+        what: &'static str,
+        /// Its encoded length.
+        len: usize,
+        /// The bound.
+        max: usize,
     },
     /// An argument to an `issue` function is out of bounds.
     #[error("invalid {field}: {reason}")]

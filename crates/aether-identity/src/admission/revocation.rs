@@ -5,12 +5,17 @@
 use std::collections::BTreeMap;
 
 use super::node::NodeId;
-use super::{AdmissionError, LatticeId, MAX_ENCODED_LEN};
+use super::{AdmissionError, LatticeId, MAX_ENCODED_LEN, MAX_SET_ENCODED_LEN};
 use crate::wire::{Reader, Writer};
 use crate::{PublicKey, SecretKey, Signature};
 
 /// Type tag that starts an encoded revocation.
 const REVOCATION_TAG: u8 = 0xC1;
+/// Type tag that starts an encoded revocation set.
+const REVOCATION_SET_TAG: u8 = 0xC2;
+/// Encoded length of a revocation with an empty reason: tag, lattice, node,
+/// reason length, `issued_at`, signature.
+const MIN_REVOCATION_LEN: usize = 1 + 32 + 32 + 1 + 8 + 64;
 /// Domain separation for the root's signature over a revocation.
 const REVOCATION_SIG_CONTEXT: &[u8] = b"aether-revocation-v1\0";
 /// Longest reason, in bytes.
@@ -91,14 +96,24 @@ impl Revocation {
     /// Its canonical encoding, for gossip.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        self.encode_body(&mut w);
-        w.signature(&self.signature);
+        self.encode(&mut w);
         w.into_bytes()
     }
 
     /// Decodes a canonical encoding (signature checked by [`Revocation::verify`]).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, AdmissionError> {
         let mut r = Reader::new(bytes, "revocation", MAX_ENCODED_LEN)?;
+        let revocation = Self::decode(&mut r)?;
+        r.finish()?;
+        Ok(revocation)
+    }
+
+    fn encode(&self, w: &mut Writer) {
+        self.encode_body(w);
+        w.signature(&self.signature);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, AdmissionError> {
         r.expect_tag(REVOCATION_TAG)?;
         let lattice = r.lattice()?;
         let node = r.key()?;
@@ -106,7 +121,6 @@ impl Revocation {
         check_reason(reason).map_err(|e| r.err(e))?;
         let issued_at = r.u64()?;
         let signature = r.signature()?;
-        r.finish()?;
         Ok(Self {
             lattice,
             node,
@@ -234,6 +248,65 @@ impl RevocationSet {
     /// The revocations, by node key.
     pub fn iter(&self) -> impl Iterator<Item = &Revocation> {
         self.by_node.values()
+    }
+
+    /// Its canonical encoding, for sending a member every revocation at
+    /// once: `0xC2`, a big-endian `u32` count, then each
+    /// [`Revocation::to_bytes`] in ascending node key order.
+    ///
+    /// Fails with [`AdmissionError::TooLarge`] when the encoding would exceed
+    /// [`MAX_SET_ENCODED_LEN`], which [`RevocationSet::from_bytes`] refuses.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, AdmissionError> {
+        let mut w = Writer::new();
+        w.u8(REVOCATION_SET_TAG);
+        w.u32(u32::try_from(self.by_node.len()).unwrap_or(u32::MAX));
+        for revocation in self.by_node.values() {
+            revocation.encode(&mut w);
+        }
+        let bytes = w.into_bytes();
+        if bytes.len() > MAX_SET_ENCODED_LEN {
+            return Err(AdmissionError::TooLarge {
+                what: "revocation set",
+                len: bytes.len(),
+                max: MAX_SET_ENCODED_LEN,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Decodes [`RevocationSet::to_bytes`] and verifies every revocation
+    /// against the lattice `root`, so the result holds only verified
+    /// revocations, like a set built with [`RevocationSet::insert`]. Merge it
+    /// into the member's own set with [`RevocationSet::merge`].
+    ///
+    /// Refuses, as a whole, more than [`MAX_SET_ENCODED_LEN`] bytes,
+    /// revocations not in strictly ascending node key order (so a node
+    /// appears once), trailing bytes
+    /// ([`AdmissionError::Malformed`]) and any revocation that does not verify
+    /// ([`AdmissionError::WrongLattice`], [`AdmissionError::ForgedSignature`]).
+    /// Costs one signature check per revocation.
+    pub fn from_bytes(bytes: &[u8], root: &PublicKey) -> Result<Self, AdmissionError> {
+        let mut r = Reader::new(bytes, "revocation set", MAX_SET_ENCODED_LEN)?;
+        r.expect_tag(REVOCATION_SET_TAG)?;
+        let count = r.count(MIN_REVOCATION_LEN)?;
+        let mut revocations = Vec::new();
+        for _ in 0..count {
+            let revocation = Revocation::decode(&mut r)?;
+            if revocations
+                .last()
+                .is_some_and(|p: &Revocation| p.node >= revocation.node)
+            {
+                return Err(r.err("revocations are not in strictly ascending node key order"));
+            }
+            revocations.push(revocation);
+        }
+        r.finish()?;
+        let mut by_node = BTreeMap::new();
+        for revocation in revocations {
+            let VerifiedRevocation(revocation) = revocation.verify(root)?;
+            by_node.insert(revocation.node, revocation);
+        }
+        Ok(Self { by_node })
     }
 
     /// How many nodes are revoked.

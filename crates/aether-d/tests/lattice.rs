@@ -332,6 +332,25 @@ fn five_nodes_see_each_other_detect_a_crash_take_a_restart_back_and_see_a_leave(
     );
     let rows = nodes[1].members();
     assert_eq!(rows.len(), 5, "{rows:?}");
+    eventually(
+        "metrics count five alive members",
+        Duration::from_secs(5),
+        || {
+            nodes[1]
+                .metrics()
+                .contains("aether_mesh_members{state=\"alive\"} 5")
+        },
+    );
+    let metrics = nodes[1].metrics();
+    for name in [
+        "aether_mesh_probes_total",
+        "aether_mesh_suspicions_total",
+        "aether_mesh_refutations_total",
+        "aether_mesh_peer_received_bytes_total{peer=",
+        "aether_mesh_peer_sent_bytes_total{peer=",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from\n{metrics}");
+    }
     let first = rows
         .iter()
         .find(|m| m["id"] == ids[0].as_str())

@@ -46,6 +46,7 @@ struct Driver {
     joined: bool,
     persisted_ledger: Vec<u8>,
     persisted_revocations: usize,
+    channels: std::collections::HashMap<u8, mpsc::Sender<Message>>,
 }
 
 pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshError> {
@@ -80,6 +81,7 @@ pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshErr
         joined: false,
         persisted_ledger,
         persisted_revocations,
+        channels: std::collections::HashMap::new(),
     };
     driver.record_own_admission();
     let commands = setup.commands;
@@ -522,6 +524,9 @@ impl Driver {
                         tracing::debug!("metadata update refused: {e}");
                     }
                 }
+            }
+            Command::Subscribe(channel, tx) => {
+                self.channels.insert(channel, tx);
             }
             Command::Leave(_) => {}
         }

@@ -35,6 +35,8 @@ pub use metrics::MeshMetrics;
 pub const CHANNEL_MEMBERSHIP: u8 = 0;
 /// Transport channel of the admission ledger and revocations.
 pub const CHANNEL_ADMISSION: u8 = 1;
+/// Transport channel of the lattice state (`aether-kv`).
+pub const CHANNEL_STATE: u8 = 2;
 
 /// Default mesh port (UDP, QUIC), the one Serf and memberlist use.
 pub const DEFAULT_MESH_PORT: u16 = 7946;
@@ -186,6 +188,7 @@ pub(crate) enum Command {
         oneshot::Sender<Result<RevokeOutcome, MeshError>>,
     ),
     Load(Load),
+    Subscribe(u8, mpsc::Sender<aether_transport::Message>),
     Leave(oneshot::Sender<()>),
 }
 
@@ -348,6 +351,29 @@ impl MeshHandle {
             .await
             .map_err(|_| MeshError::Stopped)?;
         rx.await.map_err(|_| MeshError::Stopped)?
+    }
+
+    /// Delivers every message arriving on `channel` (one of the channels
+    /// this crate does not use itself) to the returned receiver, from
+    /// admitted, unrevoked peers only. A later subscription to the same
+    /// channel replaces the earlier one. When the receiver lags `capacity`
+    /// messages behind, newer ones are dropped.
+    pub async fn subscribe(
+        &self,
+        channel: u8,
+        capacity: usize,
+    ) -> Result<mpsc::Receiver<aether_transport::Message>, MeshError> {
+        if channel == CHANNEL_MEMBERSHIP || channel == CHANNEL_ADMISSION {
+            return Err(MeshError::Admission(format!(
+                "channel {channel} is the mesh's own"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.commands
+            .send(Command::Subscribe(channel, tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        Ok(rx)
     }
 
     /// Sets the load this node advertises (sent when it changes noticeably).

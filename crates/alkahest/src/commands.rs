@@ -91,7 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => invite(&home, &expires, single_use, region, &labels, json),
         Command::Nodes { json } => nodes(&home, node.as_deref(), json).await,
         Command::Revoke {
-            node: id,
+            target: id,
             reason,
             json,
         } => revoke(&home, node.as_deref(), &id, &reason, json).await,

@@ -138,7 +138,8 @@ enum Command {
     /// its connections and refuses it from then on.
     Revoke {
         /// Node id (`ed25519:...`) or a unique prefix of it, as `alkahest nodes` prints.
-        node: String,
+        #[arg(value_name = "NODE")]
+        target: String,
         /// Why, recorded with the revocation.
         #[arg(long, default_value = "revoked by the operator")]
         reason: String,

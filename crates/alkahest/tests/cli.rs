@@ -363,6 +363,30 @@ fn contract_lattice_init_up_status_logs_and_ctrl_c() {
     assert!(out.status.success(), "logs failed: {}", stderr(&out));
     assert!(stdout(&out).contains("activated x"), "{}", stdout(&out));
 
+    // `nodes --json`: a JSON array with the contract's fields; a node alone
+    // lists itself.
+    let out = run(alkahest(dir).args(["nodes", "--json"]));
+    assert!(out.status.success(), "nodes failed: {}", stderr(&out));
+    let nodes: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("nodes --json prints JSON");
+    let rows = nodes.as_array().expect("an array");
+    assert_eq!(rows.len(), 1, "{nodes:#}");
+    for field in ["id", "state", "region", "rtt_ms"] {
+        assert!(rows[0].get(field).is_some(), "no {field} in {nodes:#}");
+    }
+    assert_eq!(rows[0]["state"], "alive");
+    assert_eq!(rows[0]["is_self"], true);
+
+    // Revoking needs a lattice; a node alone says so.
+    let id = rows[0]["id"].as_str().expect("id").to_string();
+    let out = run(alkahest(dir).args(["revoke", &id]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("not in a lattice"),
+        "{}",
+        stderr(&out)
+    );
+
     up.signal("-INT");
     let status = up.wait_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(0), "{}", up.output());

@@ -139,3 +139,44 @@ pub struct RevokeResponse {
     /// Connections with the node closed here.
     pub closed_connections: usize,
 }
+
+/// One entry (or one stored update) of the lattice state, as the admin API
+/// shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvEntryJson {
+    /// The bucket.
+    pub bucket: String,
+    /// The key, as text (invalid UTF-8 replaced).
+    pub key: String,
+    /// The value as text (invalid UTF-8 replaced); `null` when deleted.
+    pub value: Option<String>,
+    /// The value, base64 (standard alphabet); `null` when deleted.
+    pub value_base64: Option<String>,
+    /// Whether this is a tombstone.
+    pub deleted: bool,
+    /// HLC timestamp: milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// HLC timestamp: logical counter within the millisecond.
+    pub logical: u32,
+    /// The node that wrote it.
+    pub origin: String,
+    /// Version vector: writer node id → counter.
+    pub version: std::collections::BTreeMap<String, u64>,
+}
+
+/// `GET /v1/kv` (no bucket): what the node's replica holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct KvSummaryJson {
+    /// Entries, tombstones included.
+    pub entries: usize,
+    /// Hex digest of the whole state (equal on nodes that have converged).
+    pub digest: String,
+    /// Updates waiting for their causal predecessors.
+    pub pending: usize,
+    /// Received updates applied.
+    pub applied: u64,
+    /// Received updates dropped because their signature did not verify.
+    pub forged: u64,
+    /// Received updates dropped because their origin is unknown or revoked.
+    pub unknown_or_revoked_origin: u64,
+}

@@ -1,5 +1,5 @@
 //! Multi-process lattice tests: real `aether-d` processes on loopback
-//! addresses (127.0.0.31–35 and 127.0.0.41–49), default mesh port, joined
+//! addresses (127.0.0.131–135, 141–148 and 151–155), default mesh port, joined
 //! with invites; real SIGKILL and SIGTERM.
 
 mod common;
@@ -299,7 +299,7 @@ fn all_alive(nodes: &[&Node], ids: &[String]) -> bool {
 fn five_nodes_see_each_other_detect_a_crash_take_a_restart_back_and_see_a_leave() {
     let operator = Operator::new();
     let scratch = tempfile::tempdir().expect("scratch");
-    let mut nodes: Vec<Node> = (31..=35)
+    let mut nodes: Vec<Node> = (131..=135)
         .map(|o| Node::new(o, scratch.path(), &operator))
         .collect();
     // The first node admits itself with the operator's root key.
@@ -442,14 +442,14 @@ fn refused_count(node: &Node, reason: &str) -> u64 {
 fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
     let operator = Operator::new();
     let scratch = tempfile::tempdir().expect("scratch");
-    let mut seed = Node::new(41, scratch.path(), &operator);
+    let mut seed = Node::new(141, scratch.path(), &operator);
     seed.start(&[]);
     let seed_id = seed.id();
     let mut refused_ids = Vec::new();
 
     // No invite, and no root key on the machine: aether-d refuses to try.
     let empty_home = tempfile::tempdir().expect("empty home");
-    let mut stranger = Node::new(42, scratch.path(), &operator);
+    let mut stranger = Node::new(142, scratch.path(), &operator);
     stranger.home = empty_home.path().to_path_buf();
     stranger.spawn(
         &[
@@ -472,7 +472,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
 
     // A single-use invite admits one node; the second one is refused.
     let single = operator.invite(true);
-    let mut first = Node::new(43, scratch.path(), &operator);
+    let mut first = Node::new(143, scratch.path(), &operator);
     first.start(&join_args(&seed, Some(&single)));
     let first_id = first.id();
     eventually(
@@ -481,7 +481,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
         || seed.state_of(&first_id).is_some_and(|(s, _)| s == "alive"),
     );
     std::thread::sleep(Duration::from_millis(1100));
-    let mut second = Node::new(44, scratch.path(), &operator);
+    let mut second = Node::new(144, scratch.path(), &operator);
     second.start(&join_args(&seed, Some(&single)));
     refused_ids.push(second.id());
     eventually(
@@ -493,7 +493,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
     // A certificate whose invite expired before any member saw the node.
     let past = unix_now() - 600;
     let stale = operator.invite_at(false, past, 60);
-    let mut late = Node::new(45, scratch.path(), &operator);
+    let mut late = Node::new(145, scratch.path(), &operator);
     preadmitted_data_dir(&late.data, &operator, &stale, past + 1);
     late.start(&join_args(&seed, None));
     refused_ids.push(late.id());
@@ -505,7 +505,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
 
     // An invite from another lattice's root.
     let other = Operator::new();
-    let mut foreign = Node::new(46, scratch.path(), &other);
+    let mut foreign = Node::new(146, scratch.path(), &other);
     foreign.start(&join_args(&seed, Some(&other.invite(false))));
     refused_ids.push(foreign.id());
     // The newcomer checks the member's certificate first in the handshake,
@@ -521,7 +521,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
 
     // A forged node certificate (its invite signature altered) cannot even
     // start a node: aether-d checks its own certificate.
-    let mut forged = Node::new(47, scratch.path(), &operator);
+    let mut forged = Node::new(147, scratch.path(), &operator);
     preadmitted_data_dir(&forged.data, &operator, &operator.invite(false), unix_now());
     let cert_path = forged.data.join("node.cert");
     let mut bytes = std::fs::read(&cert_path).expect("cert");
@@ -535,7 +535,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
 
     // A node admitted, then revoked: everyone marks it revoked and it cannot
     // come back.
-    let mut doomed = Node::new(48, scratch.path(), &operator);
+    let mut doomed = Node::new(148, scratch.path(), &operator);
     doomed.start(&join_args(&seed, Some(&operator.invite(false))));
     let doomed_id = doomed.id();
     eventually(
@@ -602,4 +602,183 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
         log.contains("refused peer during the TLS handshake"),
         "{log}"
     );
+}
+
+/// An nftables table that drops UDP between two groups of loopback
+/// addresses; removed on drop.
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn new(a: &[Ipv4Addr], b: &[Ipv4Addr]) -> Self {
+        let table = format!("aether_test_{}", std::process::id());
+        let set = |ips: &[Ipv4Addr]| {
+            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
+            format!("{{ {} }}", list.join(", "))
+        };
+        let script = format!(
+            "add table inet {table}\n\
+             add chain inet {table} input {{ type filter hook input priority -10; }}\n\
+             add rule inet {table} input ip saddr {a} ip daddr {b} meta l4proto udp drop\n\
+             add rule inet {table} input ip saddr {b} ip daddr {a} meta l4proto udp drop\n",
+            a = set(a),
+            b = set(b)
+        );
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("nft is needed for the partition test (scripts/test.sh installs nftables)");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write nft script");
+        assert!(
+            child.wait().expect("nft").success(),
+            "nft refused:\n{script}"
+        );
+        Self { table }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+fn kv_put(node: &Node, bucket: &str, key: &str, value: &str) {
+    let path = format!("/v1/kv/{bucket}?key={key}");
+    let _: Value = block_on(
+        node.client()
+            .json(Method::PUT, &path, Bytes::from(value.to_string())),
+    )
+    .unwrap_or_else(|e| panic!("PUT {path} on {}: {e}\n{}", node.ip, node.stderr()));
+}
+
+fn kv_get(node: &Node, bucket: &str, key: &str) -> Option<String> {
+    let path = format!("/v1/kv/{bucket}?key={key}");
+    block_on(
+        node.client()
+            .json::<Value>(Method::GET, &path, Bytes::new()),
+    )
+    .ok()
+    .and_then(|v| v["value"].as_str().map(str::to_string))
+}
+
+fn kv_digest(node: &Node) -> String {
+    let v: Value = block_on(node.client().json(Method::GET, "/v1/kv", Bytes::new()))
+        .unwrap_or_else(|e| panic!("GET /v1/kv on {}: {e}\n{}", node.ip, node.stderr()));
+    v["digest"].as_str().unwrap_or_default().to_string()
+}
+
+fn same_digest(nodes: &[&Node]) -> bool {
+    let digests: Vec<String> = nodes.iter().map(|n| kv_digest(n)).collect();
+    digests.windows(2).all(|w| w[0] == w[1])
+}
+
+#[test]
+fn state_converges_across_crashes_restarts_and_a_partition() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut nodes: Vec<Node> = (151..=155)
+        .map(|o| Node::new(o, scratch.path(), &operator))
+        .collect();
+    nodes[0].start(&[]);
+    let invite = operator.invite(false);
+    for i in 1..5 {
+        let args = join_args(&nodes[0], Some(&invite));
+        nodes[i].start(&args);
+    }
+    let ids: Vec<String> = nodes.iter().map(Node::id).collect();
+    eventually("all five see all five", Duration::from_secs(30), || {
+        all_alive(&nodes.iter().collect::<Vec<_>>(), &ids)
+    });
+
+    // Writes on every node, plus one key written by all of them at once.
+    let mut expected: Vec<(String, String)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        for j in 0..10 {
+            let (k, v) = (format!("n{i}-k{j}"), format!("v{i}-{j}"));
+            kv_put(n, "app", &k, &v);
+            expected.push((k, v));
+        }
+        kv_put(n, "app", "shared", &format!("from {i}"));
+    }
+    let took = eventually(
+        "every node holds the same state",
+        Duration::from_secs(30),
+        || same_digest(&nodes.iter().collect::<Vec<_>>()),
+    );
+    eprintln!("5 nodes converged {took:?} after the last write");
+    let shared = kv_get(&nodes[0], "app", "shared").expect("shared key");
+    for n in &nodes {
+        assert_eq!(kv_get(n, "app", "shared").as_deref(), Some(shared.as_str()));
+    }
+
+    // SIGKILL two nodes, write on the others, restart them from disk.
+    nodes[3].sigkill();
+    nodes[4].sigkill();
+    for (i, n) in nodes.iter().enumerate().take(3) {
+        for j in 0..10 {
+            let (k, v) = (format!("after-crash-{i}-{j}"), format!("w{i}-{j}"));
+            kv_put(n, "app", &k, &v);
+            expected.push((k, v));
+        }
+    }
+    let rejoin = join_args(&nodes[0], None);
+    nodes[3].start(&rejoin);
+    nodes[4].start(&rejoin);
+    eventually(
+        "the restarted nodes catch up",
+        Duration::from_secs(40),
+        || same_digest(&nodes.iter().collect::<Vec<_>>()),
+    );
+
+    // Partition {1, 2} | {3, 4, 5}, write on both sides, heal.
+    let side_a: Vec<Ipv4Addr> = nodes[..2].iter().map(|n| n.ip).collect();
+    let side_b: Vec<Ipv4Addr> = nodes[2..].iter().map(|n| n.ip).collect();
+    {
+        let _partition = Partition::new(&side_a, &side_b);
+        for (i, n) in nodes.iter().enumerate() {
+            for j in 0..5 {
+                let (k, v) = (format!("split-{i}-{j}"), format!("s{i}-{j}"));
+                kv_put(n, "app", &k, &v);
+                expected.push((k, v));
+            }
+            kv_put(n, "app", "contested", &format!("side of {i}"));
+        }
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !same_digest(&[&nodes[0], &nodes[4]]),
+            "the partition did not separate the two sides"
+        );
+    }
+    let took = eventually(
+        "the two sides converge after the heal",
+        Duration::from_secs(60),
+        || same_digest(&nodes.iter().collect::<Vec<_>>()),
+    );
+    eprintln!("converged {took:?} after the partition healed");
+    let contested = kv_get(&nodes[0], "app", "contested").expect("contested");
+    for n in &nodes {
+        assert_eq!(
+            kv_get(n, "app", "contested").as_deref(),
+            Some(contested.as_str())
+        );
+        for (k, v) in &expected {
+            assert_eq!(
+                kv_get(n, "app", k).as_deref(),
+                Some(v.as_str()),
+                "{k} on {}",
+                n.ip
+            );
+        }
+    }
 }

@@ -432,6 +432,11 @@ fn single_use_race_converges_on_one_winner() {
             ledger.refused().collect::<Vec<_>>(),
             vec![(token.id(), *loser.node())]
         );
+        // Only the winner counts as an admitted node.
+        assert_eq!(
+            ledger.admitted_nodes().into_iter().collect::<Vec<_>>(),
+            vec![*winner.node()]
+        );
     }
     // Exactly one member had admitted the loser and is told to drop it.
     let displaced: Vec<_> = report_1

@@ -75,7 +75,12 @@ impl Store {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| StoreError::Database {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => "another process (another aether-d on \
+                     the same --data-dir?) has it open"
+                    .to_string(),
+                other => other.to_string(),
+            },
         })?;
         let store = Self {
             db,

@@ -63,12 +63,37 @@
 //!
 //! foca implements SWIM with suspicion: probe every `probe_period`, indirect probes through
 //! `num_indirect_probes` members after `probe_rtt`, a suspect is declared down after
-//! `suspect_to_down_after` unless it refutes by raising its incarnation. foca has no Lifeguard
-//! local-health multiplier; [`Config::lan`] uses memberlist's LAN figures (1 s probe, 500 ms
-//! timeout, 3 indirect probes, gossip every 200 ms to 3 members, suspicion `4 × log10(N) × 1 s`,
-//! retransmit `4 × ceil(log10(N + 1))`), which in the simulator gives no false dead declaration
-//! at 1 % loss. Suspicion and refutation are read from foca's member states every
-//! [`Config::tick_interval`] (foca only notifies up/down).
+//! `suspect_to_down_after` unless it refutes by raising its incarnation. [`Config::lan`] uses
+//! memberlist's LAN figures (1 s probe, 500 ms timeout, 3 indirect probes, gossip every 200 ms
+//! to 3 members, suspicion `4 × max(1, log10 N) × 1 s`, retransmit `4 × ceil(log10(N + 1))`),
+//! which in the simulator gives no false dead declaration at 1 % loss. The last two depend on
+//! the cluster size: [`Membership::set_cluster_size`] re-derives them (through foca's
+//! `set_config`) when the member count has changed a lot. Suspicion and refutation are read
+//! from foca's member states every [`Config::tick_interval`] (foca only notifies up/down).
+//!
+//! **Local health (Lifeguard).** foca has no Lifeguard, so this crate adds its local health
+//! awareness (Dadgar et al. 2018; memberlist's `awareness.go`): a node keeps a Local Health
+//! Multiplier, LHM, in `0..=`[`Config::local_health_max`] (8), reported as
+//! [`Stats::local_health`], and its probe period and probe timeout are `(LHM + 1) ×` the
+//! configured ones. A node that hears its peers late (overloaded, paused, a slow receive
+//! path) thus stops accusing healthy members of failing probes it could not time properly.
+//! The evidence is read from the headers of the SWIM packets going in and out:
+//! - **+1** each time the node raises its own SWIM incarnation, that is refutes a suspicion
+//!   about itself ([`Stats::self_refutations`]), and each time it rejoins after being declared
+//!   down;
+//! - **+1** for a probe whose direct ping went unanswered within the (scaled) probe timeout
+//!   but that succeeded anyway, by a late ack or through the indirect probes;
+//! - **−1** for a probe answered directly within the (scaled) probe timeout;
+//! - a probe that fails outright changes nothing: foca has no nacks (memberlist's way to tell
+//!   "the target is dead" from "I am slow"), and a dead member or a partition must not slow
+//!   down every node's failure detection.
+//!
+//! foca refuses to change `probe_period` and `probe_rtt` at runtime, so the scaling is applied
+//! to the two probe timers (`ProbeRandomMember`, `SendIndirectProbe`) when foca schedules them;
+//! a change takes effect from the next probe. In the simulator, a node hearing everything
+//! 1–2 s late in a 16-node cluster at 1 % loss causes about 1 100 suspicions of healthy
+//! members (counted at every member) and 15 false dead declarations in 5 minutes without
+//! local health, none with it. [`Config::local_health`] turns it off.
 //!
 //! # Anti-entropy
 //!
@@ -101,6 +126,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod awareness;
 pub mod metadata;
 pub mod vivaldi;
 pub mod wire;
@@ -212,22 +238,27 @@ pub struct Config {
     /// How often foca's member states are scanned for suspicions and refutations. Default
     /// 500 ms.
     pub tick_interval: Duration,
+    /// Lifeguard local health awareness: scale this node's probe period and probe timeout by
+    /// its Local Health Multiplier + 1 (see the crate docs). Default true.
+    pub local_health: bool,
+    /// Highest Local Health Multiplier. Default 8 (memberlist's `AwarenessMaxMultiplier`), so
+    /// a struggling node probes at most every 9 × `probe_period` with a 9 × `probe_rtt`
+    /// timeout.
+    pub local_health_max: u32,
 }
 
 impl Config {
     /// memberlist's LAN defaults for a cluster of about `cluster_size` nodes (via foca's
     /// `Config::new_lan`: 1 s probe period, 500 ms probe timeout, 3 indirect probes, gossip to
-    /// 3 members every 200 ms, suspicion `4 × log10(N)` probe periods), with memberlist's
-    /// retransmit count `4 × ceil(log10(N + 1))` and announces to down members every 10 s
-    /// (instead of 65 s) so healed partitions merge quickly.
+    /// 3 members every 200 ms, suspicion `4 × max(1, log10 N)` probe periods), with
+    /// memberlist's retransmit count `4 × ceil(log10(N + 1))`, announces to down members every
+    /// 10 s (instead of 65 s) so healed partitions merge quickly, and local health awareness on
+    /// with a maximum multiplier of 8. The size-dependent figures can be changed later with
+    /// [`Membership::set_cluster_size`].
     pub fn lan(cluster_size: u32) -> Self {
         let mut swim =
             SwimConfig::new_lan(NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN));
-        // memberlist retransmits 4 × ceil(log10(N + 1)) times; foca rounds down (8 instead of
-        // 12 at N = 100), which lets a join update die out before it reaches everyone.
-        let tx = 4 * (f64::from(cluster_size.max(1)) + 1.0).log10().ceil() as u32;
-        swim.max_transmissions =
-            std::num::NonZeroU8::new(tx.clamp(1, 255) as u8).unwrap_or(std::num::NonZeroU8::MIN);
+        size_swim(&mut swim, cluster_size);
         swim.periodic_announce_to_down_members = Some(foca::PeriodicParams {
             frequency: Duration::from_secs(10),
             num_members: NonZeroUsize::new(2).unwrap_or(NonZeroUsize::MIN),
@@ -238,8 +269,24 @@ impl Config {
             vivaldi_timeout: Duration::from_secs(5),
             leave_grace: Duration::from_secs(1),
             tick_interval: Duration::from_millis(500),
+            local_health: true,
+            local_health_max: 8,
         }
     }
+}
+
+/// Set the size-dependent SWIM parameters for a cluster of about `cluster_size` nodes: the
+/// suspicion timeout, `4 × max(1, log10 N)` probe periods, and memberlist's retransmit count
+/// `4 × ceil(log10(N + 1))` (foca's own rounds down, 8 instead of 12 at N = 100, which lets a
+/// join update die out before it reaches everyone).
+fn size_swim(swim: &mut SwimConfig, cluster_size: u32) {
+    let n = f64::from(cluster_size.max(1));
+    // foca's formula (`Config::new_lan`), so `lan` keeps its exact figures.
+    let secs = n.log10().max(1.0) * 4.0 * swim.probe_period.as_secs_f64();
+    swim.suspect_to_down_after = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+    let tx = 4 * (n + 1.0).log10().ceil() as u32;
+    swim.max_transmissions =
+        std::num::NonZeroU8::new(tx.clamp(1, 255) as u8).unwrap_or(std::num::NonZeroU8::MIN);
 }
 
 /// A member's state as seen by this node.
@@ -332,6 +379,11 @@ pub struct Stats {
     pub vivaldi_pings: u64,
     /// Vivaldi samples applied.
     pub vivaldi_samples: u64,
+    /// Times this node raised its own SWIM incarnation to refute a suspicion about itself.
+    pub self_refutations: u64,
+    /// The current Lifeguard Local Health Multiplier (0 = healthy, up to
+    /// [`Config::local_health_max`]); probe period and timeout are scaled by it + 1.
+    pub local_health: u32,
 }
 
 /// Errors of the membership core.
@@ -470,6 +522,7 @@ struct Rt<'a> {
     transmits: &'a mut VecDeque<Transmit>,
     notes: &'a mut Vec<OwnedNotification<Identity>>,
     stats: &'a mut Stats,
+    awareness: &'a mut awareness::Awareness,
 }
 
 impl Runtime<Identity> for Rt<'_> {
@@ -478,6 +531,11 @@ impl Runtime<Identity> for Rt<'_> {
     }
 
     fn send_to(&mut self, to: Identity, data: &[u8]) {
+        if let Ok(header) = foca::Codec::decode_header(&mut wire::WireCodec, data)
+            && self.awareness.on_sent(&header)
+        {
+            self.stats.self_refutations += 1;
+        }
         let mut buf = Vec::with_capacity(data.len() + 1);
         buf.push(TAG_SWIM);
         buf.extend_from_slice(data);
@@ -485,9 +543,19 @@ impl Runtime<Identity> for Rt<'_> {
     }
 
     fn submit_after(&mut self, event: Timer<Identity>, after: Duration) {
+        // Lifeguard: the probe period and probe timeout stretch with the local health
+        // multiplier (foca's own values cannot change at runtime).
+        let after = match event {
+            Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } => {
+                self.awareness.scale(after)
+            }
+            _ => after,
+        };
         *self.timer_seq += 1;
-        self.timer_order
-            .push(Reverse(TimerKey(self.now + after, *self.timer_seq)));
+        self.timer_order.push(Reverse(TimerKey(
+            self.now.saturating_add(after),
+            *self.timer_seq,
+        )));
         self.timers.insert(*self.timer_seq, event);
     }
 }
@@ -542,6 +610,7 @@ pub struct Membership {
     now: Duration,
     pending_down: Vec<(Identity, Duration)>,
     suspected: BTreeMap<NodeId, Duration>,
+    awareness: awareness::Awareness,
 }
 
 impl fmt::Debug for Membership {
@@ -563,6 +632,7 @@ macro_rules! rt {
             transmits: &mut $self.transmits,
             notes: &mut $self.notes,
             stats: &mut $self.stats,
+            awareness: &mut $self.awareness,
         }
     };
 }
@@ -620,6 +690,7 @@ impl Membership {
             now,
             pending_down: Vec::new(),
             suspected: BTreeMap::new(),
+            awareness: awareness::Awareness::new(config.local_health, config.local_health_max),
             config,
         };
         m.publish(false)?;
@@ -644,6 +715,31 @@ impl Membership {
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// The configuration in force (with the size-dependent SWIM parameters of the last
+    /// [`set_cluster_size`](Self::set_cluster_size)). `swim.probe_period` and `swim.probe_rtt`
+    /// are the unscaled values; see [`Stats::local_health`] for the multiplier.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Re-derive the size-dependent SWIM parameters for a cluster of about `n` nodes, as
+    /// [`Config::lan`] does: suspicion timeout `4 × max(1, log10 N)` probe periods and
+    /// retransmissions `4 × ceil(log10(N + 1))`. Everything else (probe period and timeout,
+    /// their local-health scaling, gossip, announces) is kept. Suspicions already running keep
+    /// the timeout they started with. Meant to be called when the member count has changed a
+    /// lot (say, doubled or halved since the last call).
+    pub fn set_cluster_size(&mut self, n: u32) {
+        let mut swim = self.config.swim.clone();
+        size_swim(&mut swim, n);
+        // Only probe_period, probe_rtt and enabling periodic tasks are refused by foca, and
+        // none of them changes here.
+        if self.foca.set_config(swim.clone()).is_ok() {
+            self.config.swim = swim;
+        } else {
+            self.stats.errors += 1;
+        }
     }
 
     /// Ask the member at `addr` to let us in.
@@ -759,10 +855,12 @@ impl Membership {
                 let mut peek = rest;
                 if let Ok(header) = foca::Codec::decode_header(&mut wire::WireCodec, &mut peek)
                     && header.dst.id == self.identity.id
-                    && header.dst.bump < self.identity.bump
-                    && !self.is_gone(&header.src)
                 {
-                    self.send_ping_to(header.src.id, header.src.addr, now);
+                    if header.dst.bump < self.identity.bump && !self.is_gone(&header.src) {
+                        self.send_ping_to(header.src.id, header.src.addr, now);
+                    } else {
+                        self.awareness.on_received(&header);
+                    }
                 }
                 self.foca.handle_data(rest, rt!(self, now))?;
             }
@@ -1047,6 +1145,9 @@ impl Membership {
             let seq = *seq;
             self.timer_order.pop();
             if let Some(timer) = self.timers.remove(&seq) {
+                if let Timer::SendIndirectProbe { probed_id, .. } = &timer {
+                    self.awareness.on_indirect_stage(probed_id);
+                }
                 if self.foca.handle_timer(timer, rt!(self, now)).is_err() {
                     self.stats.errors += 1;
                 }
@@ -1127,7 +1228,7 @@ impl Membership {
         let mut stuck = Vec::new();
         // foca drops its suspicion timers when it changes identity (rejoin): a member suspected
         // for much longer than the suspicion timeout is declared down here.
-        let limit = self.config.swim.suspect_to_down_after * 3;
+        let limit = self.config.swim.suspect_to_down_after.saturating_mul(3);
         for m in self.foca.iter_members() {
             match m.state() {
                 foca::State::Suspect => {
@@ -1198,6 +1299,7 @@ impl Membership {
 
     /// Turn foca's notifications and broadcast changes into events.
     fn process(&mut self) {
+        self.stats.local_health = self.awareness.score();
         let changes = std::mem::take(&mut lock(&self.shared).changes);
         for c in changes {
             match c {
@@ -1261,6 +1363,8 @@ impl Membership {
                 OwnedNotification::Defunct => {}
                 OwnedNotification::Rejoin(new) => {
                     self.identity = new;
+                    self.awareness.on_rejoin();
+                    self.stats.local_health = self.awareness.score();
                     let _ = self.publish(false);
                     self.events.push_back(Event::Rejoined(new));
                 }
@@ -1441,6 +1545,63 @@ mod tests {
             m.handle_data(&[9, 1, 2], Duration::ZERO),
             Err(Error::Decode(DecodeError::UnknownTag { .. }))
         ));
+    }
+
+    #[test]
+    fn set_cluster_size_rederives_size_parameters() {
+        let id = Identity::new(NodeId([1; 32]), "10.0.0.1:7946".parse().unwrap());
+        let mut m =
+            Membership::new(id, Metadata::default(), Config::lan(3), 1, Duration::ZERO).unwrap();
+        assert_eq!(
+            m.config().swim.suspect_to_down_after,
+            Duration::from_secs(4)
+        );
+        assert_eq!(m.config().swim.max_transmissions.get(), 4);
+        // (N, suspicion 4 × max(1, log10 N) s, retransmissions 4 × ceil(log10(N + 1)))
+        for (n, suspicion, tx) in [
+            (100, 8.0, 12),
+            (1000, 12.0, 16),
+            (10, 4.0, 8),
+            (1, 4.0, 4),
+            (500, 4.0 * 500f64.log10(), 12),
+        ] {
+            m.set_cluster_size(n);
+            let swim = &m.config().swim;
+            assert!(
+                (swim.suspect_to_down_after.as_secs_f64() - suspicion).abs() < 1e-6,
+                "N = {n}: {:?}",
+                swim.suspect_to_down_after
+            );
+            assert_eq!(swim.max_transmissions.get(), tx, "N = {n}");
+            // The same figures as a fresh `Config::lan(N)`; the rest is untouched.
+            let lan = Config::lan(n).swim;
+            assert_eq!(swim.suspect_to_down_after, lan.suspect_to_down_after);
+            assert_eq!(swim.max_transmissions, lan.max_transmissions);
+            assert_eq!(swim.probe_period, Duration::from_secs(1));
+            assert_eq!(swim.probe_rtt, Duration::from_millis(500));
+            assert_eq!(swim.num_indirect_probes, lan.num_indirect_probes);
+        }
+        // foca took every one of them.
+        assert_eq!(m.stats().errors, 0);
+
+        // The suspicion timeout counts in the configured probe periods, and the local health
+        // multiplier survives.
+        let mut config = Config::lan(3);
+        config.swim.probe_period = Duration::from_secs(2);
+        config.swim.probe_rtt = Duration::from_secs(1);
+        let mut m = Membership::new(id, Metadata::default(), config, 1, Duration::ZERO).unwrap();
+        m.awareness.on_rejoin();
+        m.set_cluster_size(100);
+        assert_eq!(
+            m.config().swim.suspect_to_down_after,
+            Duration::from_secs(16)
+        );
+        assert_eq!(m.config().swim.probe_period, Duration::from_secs(2));
+        assert_eq!(m.stats().errors, 0);
+        assert_eq!(
+            m.awareness.scale(Duration::from_secs(2)),
+            Duration::from_secs(4)
+        );
     }
 
     #[test]

@@ -300,3 +300,114 @@ fn chaos_thousand_nodes_over_seeds() {
         chaos(1000, seed);
     }
 }
+
+/// `set_cluster_size` reaches foca: sized for 1 000 nodes, an 8-node cluster waits 12 s of
+/// suspicion (`4 × log10 1000` probe periods) before declaring a crashed node dead, instead of
+/// 4 s.
+#[test]
+fn set_cluster_size_changes_the_suspicion_timeout() {
+    let detect = |size: Option<u32>| {
+        let mut c = converged_cluster(8, 9, 0.0);
+        if let Some(n) = size {
+            for i in c.live() {
+                c.sim
+                    .invoke(i, |node, _, _| node.m.as_mut().unwrap().set_cluster_size(n));
+            }
+        }
+        let victim = SimId(4);
+        c.sim.crash(victim);
+        let t0 = c.sim.now();
+        let t = c.run_until(S(60), Duration::from_millis(100), |c| {
+            c.live().iter().all(|i| {
+                c.state(*i, victim.0)
+                    .is_some_and(|s| s.0 == MemberState::Dead)
+            })
+        });
+        t.expect("crash not detected") - t0
+    };
+    let (small, large) = (detect(None), detect(Some(1000)));
+    eprintln!("crash detected by all after {small:?} as sized for 8, {large:?} for 1 000");
+    assert!(small < S(10), "{small:?}");
+    assert!(large > S(12), "{large:?}");
+}
+
+/// Lifeguard: node `SLOW` hears everything 1–2 s late (every link into it has a 1–2 s one-way
+/// delay, as for a node whose receive path is overloaded). Without local health awareness its
+/// probes of healthy members time out and it accuses them; with it, its refutations and late
+/// acks raise its multiplier, its probe timeout stretches past the delay, and the false
+/// accusations of healthy members mostly stop.
+#[test]
+fn slow_node_accuses_healthy_members_far_less_with_local_health() {
+    const N: u32 = 16;
+    const SLOW: u32 = 5;
+    let run = |local_health: bool| {
+        let ms = Duration::from_millis;
+        // Region 0: the healthy members, 0.5 ms RTT; region 1: the slow node. One way is
+        // rtt / 2 plus up to 100 % jitter: 1–2 s into the slow node, 0.25–0.5 ms otherwise.
+        let mut net = aether_sim::NetConfig::regions(vec![
+            vec![Duration::from_micros(500), ms(2000)],
+            vec![Duration::from_micros(500), Duration::from_micros(500)],
+        ]);
+        net.jitter = 1.0;
+        net.loss = 0.01;
+        let mut config = Config::lan(N);
+        config.local_health = local_health;
+        let mut c = Cluster::with_regions(N, 8, net, config, |i| usize::from(i == SLOW));
+        c.sim.run_for(S(30));
+        let healthy0 = c.accusations(|i| i != SLOW);
+        let slow0 = c.accusations(|i| i == SLOW);
+        let refutations0 = c
+            .sim
+            .node(SimId(SLOW))
+            .unwrap()
+            .m()
+            .stats()
+            .self_refutations;
+        c.sim.run_for(S(300));
+        let healthy = c.accusations(|i| i != SLOW);
+        let slow = c.accusations(|i| i == SLOW);
+        let m = c.sim.node(SimId(SLOW)).unwrap().m();
+        let healthy_lhm: u32 = (0..N)
+            .filter(|i| *i != SLOW)
+            .map(|i| c.sim.node(SimId(i)).unwrap().m().stats().local_health)
+            .max()
+            .unwrap_or(0);
+        let r = (
+            healthy.0 - healthy0.0,
+            healthy.1 - healthy0.1,
+            slow.0 - slow0.0,
+            slow.1 - slow0.1,
+            m.stats().self_refutations - refutations0,
+            m.stats().local_health,
+            healthy_lhm,
+        );
+        eprintln!(
+            "local_health={local_health}: over 300 s, suspicions of healthy members {}, \
+             false dead {}; of the slow node: suspicions {}, dead {}, its refutations {}; \
+             LHM slow node {}, highest healthy {}",
+            r.0, r.1, r.2, r.3, r.4, r.5, r.6
+        );
+        r
+    };
+    let without = run(false);
+    let with = run(true);
+    // Seed 8 at 1 % loss: 1 080 suspicions (counted at every member: about 70 distinct ones)
+    // and 15 false dead without; none of either with.
+    assert_eq!(without.5, 0, "disabled: the multiplier stays at 0");
+    assert!(
+        with.5 > with.6,
+        "the slow node's multiplier did not rise: {with:?}"
+    );
+    assert!(
+        with.0 * 10 <= without.0 && without.0 > 0,
+        "suspicions of healthy members: {} with local health, {} without",
+        with.0,
+        without.0
+    );
+    assert!(
+        with.1 <= without.1,
+        "false dead: {} with, {} without",
+        with.1,
+        without.1
+    );
+}

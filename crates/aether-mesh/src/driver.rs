@@ -47,6 +47,8 @@ struct Driver {
     persisted_ledger: Vec<u8>,
     persisted_revocations: usize,
     channels: std::collections::HashMap<u8, mpsc::Sender<Message>>,
+    /// The member count the SWIM timeouts were last sized for.
+    sized_for: u32,
 }
 
 pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshError> {
@@ -82,6 +84,7 @@ pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshErr
         persisted_ledger,
         persisted_revocations,
         channels: std::collections::HashMap::new(),
+        sized_for: 5,
     };
     driver.record_own_admission();
     let commands = setup.commands;
@@ -260,9 +263,18 @@ impl Driver {
                 }
             }
             CHANNEL_ADMISSION => self.admission_message(&message),
-            other => {
-                tracing::debug!(peer = %message.from, channel = other, "message on an unknown channel dropped")
-            }
+            other => match self.channels.get(&other) {
+                Some(tx) => {
+                    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
+                        self.metrics.dropped();
+                    }
+                }
+                None => tracing::debug!(
+                    peer = %message.from,
+                    channel = other,
+                    "message on an unknown channel dropped"
+                ),
+            },
         }
     }
 
@@ -438,6 +450,17 @@ impl Driver {
             self.persist_revocations();
         }
         let members = self.member_list();
+        // Size the SWIM timeouts for the lattice as it is (memberlist's rule
+        // grows with log10 N); resize only when N has changed by half or more.
+        let size = members
+            .iter()
+            .filter(|m| matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect))
+            .count()
+            .max(1) as u32;
+        if size * 2 < self.sized_for || size > self.sized_for + self.sized_for / 2 {
+            self.membership.set_cluster_size(size.max(5));
+            self.sized_for = size.max(5);
+        }
         let mut counts = [
             ("alive", 0i64),
             ("suspect", 0),

@@ -44,6 +44,8 @@ pub struct MeshMetrics {
     peer_bytes_out: Family<PeerLabel, Counter>,
     refused: Family<ReasonLabel, Counter>,
     revocations: Gauge,
+    local_health: Gauge,
+    self_refutations: Counter,
     last_stats: std::sync::Mutex<(Stats, [u64; RefusalReason::ALL.len()])>,
 }
 
@@ -101,6 +103,16 @@ impl MeshMetrics {
             self.refused.clone(),
         );
         registry.register(
+            "aether_mesh_local_health",
+            "Lifeguard local health multiplier: 0 healthy; probe timeouts scale by it plus one",
+            self.local_health.clone(),
+        );
+        registry.register(
+            "aether_mesh_self_refutations",
+            "Suspicions about this node that it refuted",
+            self.self_refutations.clone(),
+        );
+        registry.register(
             "aether_mesh_revoked_nodes",
             "Revocations this node knows",
             self.revocations.clone(),
@@ -144,6 +156,7 @@ impl MeshMetrics {
                 .set(*n);
         }
         self.revocations.set(revocations as i64);
+        self.local_health.set(i64::from(stats.local_health));
         let mut last = self.last_stats.lock().unwrap_or_else(|p| p.into_inner());
         let (old, old_refused) = &mut *last;
         self.probes
@@ -156,6 +169,8 @@ impl MeshMetrics {
             .inc_by(stats.datagrams_in.saturating_sub(old.datagrams_in));
         self.messages_out
             .inc_by(stats.datagrams_out.saturating_sub(old.datagrams_out));
+        self.self_refutations
+            .inc_by(stats.self_refutations.saturating_sub(old.self_refutations));
         *old = stats.clone();
         for (i, reason) in RefusalReason::ALL.iter().enumerate() {
             let now = transport.refused(*reason);

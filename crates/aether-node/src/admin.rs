@@ -29,12 +29,21 @@ use tokio::sync::watch;
 use crate::config::NodeConfig;
 use crate::deployments::{DeployError, Deployments};
 
-type AdminBody = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(crate) type AdminBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// What the admin API serves.
+pub(crate) struct Services {
+    pub(crate) deployments: Arc<Deployments>,
+    pub(crate) mesh: Option<aether_mesh::MeshHandle>,
+    pub(crate) kv: aether_kv::KvHandle,
+    pub(crate) node_id: aether_identity::PublicKey,
+}
 
 pub(crate) struct AdminState {
     verifier: Verifier,
     deployments: Arc<Deployments>,
     mesh: Option<aether_mesh::MeshHandle>,
+    kv: aether_kv::KvHandle,
     node_id: aether_identity::PublicKey,
     registry: Registry,
     http_addr: SocketAddr,
@@ -46,13 +55,17 @@ pub(crate) struct AdminState {
 impl AdminState {
     pub(crate) fn new(
         config: &NodeConfig,
-        deployments: Arc<Deployments>,
-        mesh: Option<aether_mesh::MeshHandle>,
-        node_id: aether_identity::PublicKey,
+        services: Services,
         http_addr: SocketAddr,
         admin_addr: SocketAddr,
         started: Instant,
     ) -> Self {
+        let Services {
+            deployments,
+            mesh,
+            kv,
+            node_id,
+        } = services;
         let mut registry = Registry::default();
         deployments.runtime().metrics().register(&mut registry);
         if let Some(mesh) = &mesh {
@@ -62,6 +75,7 @@ impl AdminState {
             verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),
             deployments,
             mesh,
+            kv,
             node_id,
             registry,
             http_addr,
@@ -103,7 +117,7 @@ fn body(bytes: impl Into<Bytes>) -> AdminBody {
         .boxed_unsync()
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<AdminBody> {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<AdminBody> {
     let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
     let mut resp = Response::new(body(bytes));
     *resp.status_mut() = status;
@@ -114,7 +128,7 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<AdminBody> {
     resp
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response<AdminBody> {
+pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<AdminBody> {
     json(
         status,
         &ApiError {
@@ -152,10 +166,12 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
     }
 
     let (parts, incoming) = req.into_parts();
-    let limit = if method == Method::POST {
-        state.max_essence_bytes
-    } else {
-        64 * 1024
+    let limit = match method {
+        Method::POST => state.max_essence_bytes,
+        // State values: the store's own limit answers with a clear error
+        // up to here.
+        Method::PUT => 1 << 20,
+        _ => 64 * 1024,
     };
     let bytes = match Limited::new(incoming, limit).collect().await {
         Ok(b) => b.to_bytes(),
@@ -235,6 +251,9 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
         (&Method::GET, ["v1", "logs", name]) => logs(state, name, parts.uri.query()),
         (&Method::GET, ["v1", "nodes"]) => nodes(state).await,
         (&Method::POST, ["v1", "revoke"]) => revoke(state, &bytes).await,
+        (_, ["v1", "kv", rest @ ..]) => {
+            crate::kv_api::handle(&state.kv, &method, rest, parts.uri.query(), bytes).await
+        }
         _ => error(
             StatusCode::NOT_FOUND,
             format!("no admin endpoint {method} {path}"),

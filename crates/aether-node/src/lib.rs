@@ -12,6 +12,7 @@ mod admin;
 mod config;
 mod deployments;
 mod ingress;
+mod kv_api;
 mod load;
 mod router;
 
@@ -39,6 +40,7 @@ pub struct NodeHandle {
     admin_task: tokio::task::JoinHandle<()>,
     deployments: Arc<Deployments>,
     mesh: Option<aether_mesh::MeshHandle>,
+    kv: aether_kv::KvHandle,
     load_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -81,6 +83,13 @@ impl Node {
         let http_addr = http_listener.local_addr()?;
         let admin_listener = bind(config.admin_addr, "admin API", "--admin-listen")?;
         let admin_addr = admin_listener.local_addr()?;
+        let kv = aether_kv::Kv::start(
+            aether_kv::KvConfig::new(config.data_dir.join("state.redb")),
+            node_key.clone(),
+            mesh.clone(),
+        )
+        .await
+        .context("starting the lattice state")?;
 
         let ingress = ingress::IngressThreads::start(
             http_listener,
@@ -91,9 +100,12 @@ impl Node {
         )?;
         let admin_state = Arc::new(admin::AdminState::new(
             &config,
-            deployments.clone(),
-            mesh.clone(),
-            node_key.public(),
+            admin::Services {
+                deployments: deployments.clone(),
+                mesh: mesh.clone(),
+                kv: kv.clone(),
+                node_id: node_key.public(),
+            },
             http_addr,
             admin_addr,
             started,
@@ -113,6 +125,7 @@ impl Node {
             admin_task,
             deployments,
             mesh,
+            kv,
             load_task,
         })
     }
@@ -227,6 +240,11 @@ impl NodeHandle {
     /// The deployments of this node (for in-process callers such as `alkahest up`).
     pub fn deployments(&self) -> &Arc<Deployments> {
         &self.deployments
+    }
+
+    /// The node's replica of the lattice state.
+    pub fn kv(&self) -> &aether_kv::KvHandle {
+        &self.kv
     }
 
     /// The node's mesh, when it is in a lattice.

@@ -126,6 +126,13 @@ impl Hlc {
         Ok(())
     }
 
+    /// Advances the clock to at least `seen` without the skew check: for
+    /// timestamps of state restored from disk, which were checked when first
+    /// accepted. Later ticks are then ordered after them.
+    pub fn witness(&mut self, seen: Timestamp) {
+        self.last = self.last.max(seen);
+    }
+
     /// Observes a remote timestamp at physical time `now_ms` and returns the
     /// timestamp of the receive event, strictly greater than both `remote`
     /// and everything before. Refuses (and leaves the clock unchanged) when

@@ -278,6 +278,15 @@ pub enum WriteError {
     /// The entry's vector cannot grow.
     #[error(transparent)]
     Vector(#[from] VectorError),
+    /// The encoded update would not fit in one message of the configured
+    /// bound ([`SyncConfig::max_message_bytes`](crate::SyncConfig)).
+    #[error("update of {len} bytes exceeds the {max}-byte message bound; write a smaller value")]
+    TooLarge {
+        /// Encoded length of the update plus message framing.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
 }
 
 /// An in-memory replica: entries by (bucket, key), a clock and counters.

@@ -125,6 +125,16 @@ pub struct SignedUpdate {
     signature: [u8; 64],
 }
 
+/// Length of an encoded update with these field sizes (`None`: tombstone).
+pub(crate) fn encoded_len_of(
+    bucket: usize,
+    key: usize,
+    value: Option<usize>,
+    writers: usize,
+) -> usize {
+    1 + 2 + bucket + 2 + key + 1 + value.map_or(0, |v| 4 + v) + 4 + 40 * writers + 12 + 32 + 64
+}
+
 pub(crate) fn validate(
     bucket: &str,
     key: &[u8],
@@ -241,6 +251,16 @@ impl SignedUpdate {
         out.extend_from_slice(SIGNING_DOMAIN);
         self.encode_body(&mut out);
         out
+    }
+
+    /// The length of [`encode`](Self::encode)'s output, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        encoded_len_of(
+            self.bucket.len(),
+            self.key.len(),
+            self.value.as_ref().map(|v| v.len()),
+            self.vector.len(),
+        )
     }
 
     fn encoded_len_hint(&self) -> usize {
@@ -395,6 +415,7 @@ mod tests {
         let sk = SecretKey::from_bytes(&[7; 32]);
         let u = sample(&sk);
         let bytes = u.encode();
+        assert_eq!(u.encoded_len(), bytes.len());
         let d = SignedUpdate::decode(&bytes).unwrap();
         assert_eq!(d, u);
         d.verify(&sk.public()).unwrap();

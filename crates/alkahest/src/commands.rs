@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use aether_admin::client::AdminClient;
 use aether_admin::types::{
-    ComponentStatus, DeployResponse, LogLineJson, MemberJson, NodeStatus, RevokeResponse,
+    ComponentStatus, DeployResponse, KvEntryJson, KvSummaryJson, LogLineJson, MemberJson,
+    NodeStatus, RevokeResponse,
 };
 use aether_identity::home::Home;
 use aether_identity::{SecretKey, TrustedKeys};
@@ -18,7 +19,7 @@ use http_body_util::BodyExt as _;
 
 use crate::output::{self, spinner};
 use crate::project::{Project, TEMPLATE_LIB};
-use crate::{Cli, Command, LatticeCommand, node_addr};
+use crate::{Cli, Command, KvCommand, LatticeCommand, node_addr};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate();
@@ -95,6 +96,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             reason,
             json,
         } => revoke(&home, node.as_deref(), &id, &reason, json).await,
+        Command::Kv { command } => kv(&home, node.as_deref(), command).await,
         Command::Lattice {
             command: LatticeCommand::Init { json },
         } => {
@@ -548,6 +550,162 @@ async fn revoke(
                 " (already revoked)"
             }
         );
+    }
+    Ok(())
+}
+
+fn kv_path(bucket: &str, params: &[(&str, &str)]) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        query.append_pair(k, v);
+    }
+    let bucket: String = form_urlencoded::byte_serialize(bucket.as_bytes()).collect();
+    format!("/v1/kv/{bucket}?{}", query.finish())
+}
+
+fn print_entry_line(e: &KvEntryJson) {
+    println!(
+        "{}\t{}\t{}",
+        e.key,
+        e.value.as_deref().unwrap_or("(deleted)"),
+        e.timestamp_ms
+    );
+}
+
+async fn kv(home: &Home, node: Option<&str>, command: KvCommand) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let client = client(home, node)?;
+    match command {
+        KvCommand::Get { bucket, key, json } => {
+            let e: KvEntryJson = client
+                .json(
+                    Method::GET,
+                    &kv_path(&bucket, &[("key", &key)]),
+                    Bytes::new(),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                use base64::Engine as _;
+                let raw = e
+                    .value_base64
+                    .as_deref()
+                    .map(|v| base64::engine::general_purpose::STANDARD.decode(v))
+                    .transpose()
+                    .context("the node sent a value that is not base64")?
+                    .unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                out.write_all(&raw)?;
+                if std::io::IsTerminal::is_terminal(&out) && !raw.ends_with(b"\n") {
+                    out.write_all(b"\n")?;
+                }
+            }
+        }
+        KvCommand::Put {
+            bucket,
+            key,
+            value,
+            json,
+        } => {
+            let body = if value == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .context("reading the value from stdin")?;
+                buf
+            } else {
+                value.into_bytes()
+            };
+            let e: KvEntryJson = client
+                .json(
+                    Method::PUT,
+                    &kv_path(&bucket, &[("key", &key)]),
+                    Bytes::from(body),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&e)?);
+            } else {
+                println!(
+                    "Stored {bucket}/{key} (durable on this node; other nodes see it shortly)"
+                );
+            }
+        }
+        KvCommand::Del { bucket, key } => {
+            let _: KvEntryJson = client
+                .json(
+                    Method::DELETE,
+                    &kv_path(&bucket, &[("key", &key)]),
+                    Bytes::new(),
+                )
+                .await?;
+            println!("Deleted {bucket}/{key}");
+        }
+        KvCommand::List {
+            bucket,
+            prefix,
+            limit,
+            json,
+        } => {
+            let limit = limit.to_string();
+            let list: Vec<KvEntryJson> = client
+                .json(
+                    Method::GET,
+                    &kv_path(&bucket, &[("prefix", &prefix), ("limit", &limit)]),
+                    Bytes::new(),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for e in &list {
+                    print_entry_line(e);
+                }
+            }
+        }
+        KvCommand::History { bucket, key, json } => {
+            let bucket_path: String = form_urlencoded::byte_serialize(bucket.as_bytes()).collect();
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("key", &key)
+                .finish();
+            let list: Vec<KvEntryJson> = client
+                .json(
+                    Method::GET,
+                    &format!("/v1/kv/{bucket_path}/history?{query}"),
+                    Bytes::new(),
+                )
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for e in &list {
+                    println!(
+                        "{}.{}\t{}\t{}",
+                        e.timestamp_ms,
+                        e.logical,
+                        e.origin,
+                        e.value.as_deref().unwrap_or("(deleted)")
+                    );
+                }
+            }
+        }
+        KvCommand::Status { json } => {
+            let s: KvSummaryJson = client.json(Method::GET, "/v1/kv", Bytes::new()).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "{} entries, digest {}, {} pending, {} applied from peers, {} forged and {} from unknown or revoked nodes dropped",
+                    s.entries,
+                    s.digest,
+                    s.pending,
+                    s.applied,
+                    s.forged,
+                    s.unknown_or_revoked_origin
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -147,10 +147,79 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read and write the lattice state (replicated key-value store). Writes
+    /// are durable on the node asked and reach every node eventually.
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
     /// Manage the lattice's keys.
     Lattice {
         #[command(subcommand)]
         command: LatticeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KvCommand {
+    /// Print a value (raw bytes), or the entry as JSON.
+    Get {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Print the entry (value, timestamp, origin, version) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a value: the VALUE argument, or stdin with `-`.
+    Put {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// The value; `-` reads it from stdin.
+        value: String,
+        /// Print the stored entry as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an entry (writes a tombstone).
+    Del {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// List the live entries of a bucket.
+    List {
+        /// Bucket.
+        bucket: String,
+        /// Only keys starting with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every stored update of one entry, oldest first.
+    History {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The node's replica: entries, digest (equal on converged nodes), counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 

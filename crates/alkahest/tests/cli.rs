@@ -377,6 +377,50 @@ fn contract_lattice_init_up_status_logs_and_ctrl_c() {
     assert_eq!(rows[0]["state"], "alive");
     assert_eq!(rows[0]["is_self"], true);
 
+    // The lattice state: put, get (raw and JSON), list, history, delete.
+    let out = run(alkahest(dir).args(["kv", "put", "app", "greeting", "hello"]));
+    assert!(out.status.success(), "kv put failed: {}", stderr(&out));
+    let out = run(alkahest(dir).args(["kv", "put", "app", "greeting", "hello again"]));
+    assert!(out.status.success(), "kv put failed: {}", stderr(&out));
+    let out = run(alkahest(dir).args(["kv", "get", "app", "greeting"]));
+    assert_eq!(stdout(&out), "hello again", "{}", stderr(&out));
+    let out = run(alkahest(dir).args(["kv", "get", "app", "greeting", "--json"]));
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kv get --json");
+    assert_eq!(entry["value"], "hello again");
+    assert_eq!(entry["origin"], rows[0]["id"]);
+    let out = run(alkahest(dir).args(["kv", "history", "app", "greeting", "--json"]));
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history");
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history:#}");
+    let out = run(alkahest(dir).args(["kv", "list", "app", "--json"]));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list");
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list:#}");
+    let out = run(alkahest(dir).args(["kv", "del", "app", "greeting"]));
+    assert!(out.status.success(), "kv del failed: {}", stderr(&out));
+    let out = run(alkahest(dir).args(["kv", "get", "app", "greeting"]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no entry `greeting`"),
+        "{}",
+        stderr(&out)
+    );
+    let mut put = alkahest(dir)
+        .args(["kv", "put", "app", "big", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kv put");
+    {
+        use std::io::Write as _;
+        let mut stdin = put.stdin.take().expect("stdin");
+        stdin
+            .write_all(&vec![b'x'; 600 * 1024])
+            .expect("write value");
+    }
+    let out = put.wait_with_output().expect("kv put");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("over the limit"), "{}", stderr(&out));
+
     // Revoking needs a lattice; a node alone says so.
     let id = rows[0]["id"].as_str().expect("id").to_string();
     let out = run(alkahest(dir).args(["revoke", &id]));

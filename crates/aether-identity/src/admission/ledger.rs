@@ -221,6 +221,20 @@ impl AdmissionLedger {
         self.status(node.invite(), node.node()) == ClaimStatus::Admitted
     }
 
+    /// Every node the ledger admits (for a single-use invite, its winner
+    /// only): the nodes whose signatures members accept.
+    pub fn admitted_nodes(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut out = std::collections::BTreeSet::new();
+        for record in self.invites.values() {
+            if record.single_use {
+                out.extend(record.winner().map(|(_, n)| n));
+            } else {
+                out.extend(record.claims.keys().copied());
+            }
+        }
+        out
+    }
+
     /// The node a single-use invite admitted, if known.
     pub fn winner(&self, invite: InviteId) -> Option<NodeId> {
         let record = self.invites.get(&invite)?;

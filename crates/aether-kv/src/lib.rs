@@ -8,8 +8,10 @@
 //! any node that missed it, was partitioned or was down.
 #![deny(missing_docs)]
 
+mod metrics;
 mod service;
 pub mod store;
 
+pub use metrics::KvMetrics;
 pub use service::{Change, Kv, KvConfig, KvError, KvHandle, KvStats, Limits};
 pub use store::{Store, StoreError};

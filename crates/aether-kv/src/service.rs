@@ -22,6 +22,7 @@ use bytes::Bytes;
 use rand::seq::SliceRandom as _;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::metrics::KvMetrics;
 use crate::store::{Store, StoreError};
 
 /// Size bounds of the state, the same on every node.
@@ -138,6 +139,7 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct KvHandle {
     commands: mpsc::Sender<Command>,
+    metrics: Arc<KvMetrics>,
 }
 
 /// Starts the state service.
@@ -189,6 +191,7 @@ impl Kv {
         let runtime = tokio::runtime::Handle::current();
         let me = node_key.public();
         let (bucket_bytes, entry_bytes) = sizes(&core);
+        let metrics = Arc::new(KvMetrics::default());
         let service = Service {
             origins: MemberOrigins::new(me),
             bucket_bytes,
@@ -203,6 +206,7 @@ impl Kv {
             watchers: Vec::new(),
             sends: Arc::new(Semaphore::new(256)),
             store_failures: 0,
+            metrics: metrics.clone(),
         };
         std::thread::Builder::new()
             .name("aether-state".into())
@@ -220,7 +224,10 @@ impl Kv {
                 rt.block_on(service.run(rx, incoming));
             })
             .map_err(|e| KvError::Invalid(format!("cannot start the state thread: {e}")))?;
-        Ok(KvHandle { commands: tx })
+        Ok(KvHandle {
+            commands: tx,
+            metrics,
+        })
     }
 }
 
@@ -251,6 +258,11 @@ impl KvHandle {
             .await
             .map_err(|_| KvError::Stopped)?;
         rx.await.map_err(|_| KvError::Stopped)
+    }
+
+    /// The state's metrics (register them once with [`KvMetrics::register`]).
+    pub fn metrics(&self) -> &Arc<KvMetrics> {
+        &self.metrics
     }
 
     /// The entry at `bucket`/`key` on this node (a tombstone when deleted).
@@ -387,6 +399,7 @@ struct Service {
     bucket_bytes: HashMap<String, u64>,
     entry_bytes: HashMap<(String, Bytes), u64>,
     store_failures: u64,
+    metrics: Arc<KvMetrics>,
 }
 
 fn now_ms() -> u64 {
@@ -441,7 +454,16 @@ impl Service {
                 },
                 _ = tokio::time::sleep(wait) => self.core.handle_timeout(now_ms()),
                 _ = anti_entropy.tick() => self.anti_entropy(),
-                _ = refresh.tick() => self.refresh_members().await,
+                _ = refresh.tick() => {
+                    self.refresh_members().await;
+                    self.metrics.update(
+                        self.core.counters(),
+                        self.core.len(),
+                        self.core.pending_len(),
+                        self.core.pending_bytes(),
+                        self.store_failures,
+                    );
+                }
             }
         }
     }

@@ -71,6 +71,7 @@ impl AdminState {
         if let Some(mesh) = &mesh {
             mesh.metrics().register(&mut registry);
         }
+        kv.metrics().register(&mut registry);
         Self {
             verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),
             deployments,

@@ -63,6 +63,10 @@ pub struct KvConfig {
     pub push_fanout: usize,
     /// How often an anti-entropy round starts with a random member. Default 2 s.
     pub anti_entropy_interval: Duration,
+    /// A tombstone is collected once it is at least this old here **and**
+    /// every live member has been found in sync with this node since it
+    /// arrived. Default 1 h.
+    pub tombstone_grace: Duration,
 }
 
 impl KvConfig {
@@ -74,6 +78,7 @@ impl KvConfig {
             sync: SyncConfig::default(),
             push_fanout: 3,
             anti_entropy_interval: Duration::from_secs(2),
+            tombstone_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -191,6 +196,15 @@ impl Kv {
         let runtime = tokio::runtime::Handle::current();
         let me = node_key.public();
         let (bucket_bytes, entry_bytes) = sizes(&core);
+        let started_ms = now_ms();
+        let tombstones = core
+            .entries()
+            .filter(|e| e.value().is_none())
+            .map(|e| {
+                let u = e.winner();
+                ((u.bucket().to_string(), u.key().clone()), started_ms)
+            })
+            .collect();
         let metrics = Arc::new(KvMetrics::default());
         let service = Service {
             origins: MemberOrigins::new(me),
@@ -207,6 +221,8 @@ impl Kv {
             sends: Arc::new(Semaphore::new(256)),
             store_failures: 0,
             metrics: metrics.clone(),
+            tombstones,
+            in_sync: HashMap::new(),
         };
         std::thread::Builder::new()
             .name("aether-state".into())
@@ -400,6 +416,10 @@ struct Service {
     entry_bytes: HashMap<(String, Bytes), u64>,
     store_failures: u64,
     metrics: Arc<KvMetrics>,
+    /// When each tombstone arrived here (ms; restored ones: the start).
+    tombstones: HashMap<(String, Bytes), u64>,
+    /// When each peer was last found holding exactly this node's state.
+    in_sync: HashMap<[u8; 32], u64>,
 }
 
 fn now_ms() -> u64 {
@@ -456,6 +476,7 @@ impl Service {
                 _ = anti_entropy.tick() => self.anti_entropy(),
                 _ = refresh.tick() => {
                     self.refresh_members().await;
+                    self.collect_tombstones();
                     self.metrics.update(
                         self.core.counters(),
                         self.core.len(),
@@ -492,11 +513,17 @@ impl Service {
             // A peer the transport just admitted: learn it before judging its updates.
             self.origins.refresh(mesh);
         }
+        let in_sync_before = self.core.counters().ae_in_sync;
+        let now = now_ms();
         if let Err(e) = self
             .core
-            .receive_bytes(from, &message.payload, &self.origins, now_ms())
+            .receive_bytes(from, &message.payload, &self.origins, now)
         {
             tracing::debug!(peer = %message.from, "state message refused: {e}");
+        }
+        if self.core.counters().ae_in_sync > in_sync_before {
+            // The peer's digest equals ours: it holds everything we hold.
+            self.in_sync.insert(from.0, now);
         }
     }
 
@@ -542,6 +569,37 @@ impl Service {
         self.push(forward, None);
     }
 
+    /// Collects the tombstones every live member has seen (see
+    /// [`KvConfig::tombstone_grace`]): from the core, then from the store.
+    fn collect_tombstones(&mut self) {
+        let now = now_ms();
+        let grace = self.config.tombstone_grace.as_millis() as u64;
+        let oldest_sync = self
+            .peers
+            .keys()
+            .map(|p| self.in_sync.get(p).copied().unwrap_or(0))
+            .min()
+            .unwrap_or(u64::MAX);
+        let ready = |arrived: u64| arrived.saturating_add(grace) <= now && arrived < oldest_sync;
+        if !self.tombstones.values().any(|a| ready(*a)) {
+            return;
+        }
+        let tombstones = &self.tombstones;
+        let collected = self.core.collect_tombstones(|u| {
+            tombstones
+                .get(&(u.bucket().to_string(), u.key().clone()))
+                .is_some_and(|a| ready(*a))
+        });
+        for u in collected {
+            let slot = (u.bucket().to_string(), u.key().clone());
+            self.tombstones.remove(&slot);
+            self.entry_bytes.remove(&slot);
+            if let Err(e) = self.store.forget(u.bucket(), u.key()) {
+                tracing::warn!("cannot remove a collected tombstone's history: {e}");
+            }
+        }
+    }
+
     /// Brings the size accounting of one entry up to date.
     fn account(&mut self, bucket: &str, key: &[u8]) {
         let now = self
@@ -554,6 +612,15 @@ impl Service {
             .unwrap_or(0);
         let total = self.bucket_bytes.entry(bucket.to_string()).or_insert(0);
         *total = total.saturating_sub(old) + now;
+        let slot = (bucket.to_string(), Bytes::copy_from_slice(key));
+        match self.core.get(bucket, key) {
+            Some(e) if e.value().is_none() => {
+                self.tombstones.insert(slot, now_ms());
+            }
+            _ => {
+                self.tombstones.remove(&slot);
+            }
+        }
     }
 
     fn notify(&mut self, update: &SignedUpdate) {

@@ -175,3 +175,42 @@ async fn a_full_disk_refuses_writes_and_keeps_reads() {
     assert_eq!(kept.value().map(|v| v.as_ref()), Some(&b"v"[..]));
     assert!(kv.get("app", b"new").await.expect("get").is_none());
 }
+
+#[tokio::test]
+async fn tombstones_are_collected_after_the_grace_period() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = SecretKey::generate();
+    let kv = start(dir.path(), &key, |c| {
+        c.tombstone_grace = std::time::Duration::ZERO;
+    })
+    .await;
+    kv.put("app", b"gone", Some(Bytes::from_static(b"v")))
+        .await
+        .expect("put");
+    kv.put("app", b"gone", None).await.expect("delete");
+    kv.put("app", b"kept", Some(Bytes::from_static(b"v")))
+        .await
+        .expect("put");
+    // Alone, this node is every live node: the tombstone goes at the next
+    // housekeeping tick (once a second).
+    let mut collected = false;
+    for _ in 0..40 {
+        if kv.get("app", b"gone").await.expect("get").is_none() {
+            collected = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(collected, "the tombstone was not collected");
+    assert!(
+        kv.history("app", b"gone")
+            .await
+            .expect("history")
+            .is_empty()
+    );
+    assert!(kv.get("app", b"kept").await.expect("get").is_some());
+    assert_eq!(
+        kv.stats().await.expect("stats").sync.tombstones_collected,
+        1
+    );
+}

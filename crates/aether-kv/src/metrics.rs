@@ -31,6 +31,7 @@ pub struct KvMetrics {
     bytes_sent: Counter,
     bytes_received: Counter,
     store_failures: Counter,
+    convergence_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     last: std::sync::Mutex<(SyncCounters, u64)>,
 }
 
@@ -103,6 +104,11 @@ impl KvMetrics {
             "Applied updates the disk refused",
             self.store_failures.clone(),
         );
+    }
+
+    /// Sets the convergence-lag bound, in seconds.
+    pub(crate) fn set_convergence_lag(&self, seconds: f64) {
+        self.convergence_lag.set(seconds);
     }
 
     /// Copies the core's counters in.

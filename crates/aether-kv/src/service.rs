@@ -223,6 +223,7 @@ impl Kv {
             metrics: metrics.clone(),
             tombstones,
             in_sync: HashMap::new(),
+            started_ms,
         };
         std::thread::Builder::new()
             .name("aether-state".into())
@@ -420,6 +421,8 @@ struct Service {
     tombstones: HashMap<(String, Bytes), u64>,
     /// When each peer was last found holding exactly this node's state.
     in_sync: HashMap<[u8; 32], u64>,
+    /// When the service started (ms).
+    started_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -477,6 +480,15 @@ impl Service {
                 _ = refresh.tick() => {
                     self.refresh_members().await;
                     self.collect_tombstones();
+                    let now = now_ms();
+                    let oldest = self
+                        .peers
+                        .keys()
+                        .map(|p| self.in_sync.get(p).copied().unwrap_or(self.started_ms))
+                        .min()
+                        .unwrap_or(now);
+                    self.metrics
+                        .set_convergence_lag(now.saturating_sub(oldest) as f64 / 1000.0);
                     self.metrics.update(
                         self.core.counters(),
                         self.core.len(),

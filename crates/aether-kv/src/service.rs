@@ -75,7 +75,10 @@ impl KvConfig {
         Self {
             path,
             limits: Limits::default(),
-            sync: SyncConfig::default(),
+            sync: SyncConfig {
+                verify_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ..SyncConfig::default()
+            },
             push_fanout: 3,
             anti_entropy_interval: Duration::from_secs(2),
             tombstone_grace: Duration::from_secs(3600),

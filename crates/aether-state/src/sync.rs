@@ -43,6 +43,10 @@ pub struct SyncConfig {
     /// A differing tree node holding at most this many entries on this side
     /// is compared key by key instead of descending further (default 2).
     pub keys_threshold: u64,
+    /// Threads that check the signatures of one large incoming message in
+    /// parallel (default 1: on the caller's thread). Each check is the
+    /// same strict check either way; only where it runs changes.
+    pub verify_threads: usize,
 }
 
 impl Default for SyncConfig {
@@ -54,6 +58,7 @@ impl Default for SyncConfig {
             max_message_bytes: 1 << 20,
             max_reply_bytes: 8 << 20,
             keys_threshold: 2,
+            verify_threads: 1,
         }
     }
 }
@@ -444,13 +449,15 @@ impl StateCore {
         self.counters.bytes_received += msg.encoded_len() as u64;
         match msg {
             SyncMessage::Push(updates) => {
-                for u in updates {
-                    self.ingest(from, u, origins, now_ms, Via::Push);
+                let verdicts = self.preverify(&updates, origins);
+                for (u, verdict) in updates.into_iter().zip(verdicts) {
+                    self.ingest(from, u, origins, now_ms, Via::Push, verdict);
                 }
             }
             SyncMessage::Updates(updates) => {
-                for u in updates {
-                    self.ingest(from, u, origins, now_ms, Via::Sync);
+                let verdicts = self.preverify(&updates, origins);
+                for (u, verdict) in updates.into_iter().zip(verdicts) {
+                    self.ingest(from, u, origins, now_ms, Via::Sync, verdict);
                 }
             }
             SyncMessage::Digest(theirs) => {
@@ -540,6 +547,49 @@ impl StateCore {
             .is_some_and(|r| r.updates().any(|x| x == u))
     }
 
+    /// Strict signature checks of a message's new updates, spread over
+    /// [`SyncConfig::verify_threads`] threads when the message is large;
+    /// `None` where an update is left to [`ingest`](Self::ingest) (already
+    /// stored or pending, unknown origin, or a small message).
+    fn preverify(&self, updates: &[SignedUpdate], origins: &dyn Origins) -> Vec<Option<bool>> {
+        const MIN_PARALLEL: usize = 64;
+        let mut verdicts = vec![None; updates.len()];
+        let threads = self.config.verify_threads.max(1);
+        if threads == 1 || updates.len() < MIN_PARALLEL {
+            return verdicts;
+        }
+        let work: Vec<(usize, PublicKey)> = updates
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| !self.is_stored(u) && self.pending.find(u).is_none())
+            .filter_map(|(i, u)| origins.key(u.origin()).ok().map(|k| (i, k)))
+            .collect();
+        if work.len() < MIN_PARALLEL {
+            return verdicts;
+        }
+        let chunk = work.len().div_ceil(threads);
+        let results: Vec<Vec<(usize, bool)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(i, key)| (*i, updates[*i].verify(key).is_ok()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for (i, ok) in results.into_iter().flatten() {
+            verdicts[i] = Some(ok);
+        }
+        verdicts
+    }
+
     fn ingest(
         &mut self,
         from: PeerId,
@@ -547,6 +597,7 @@ impl StateCore {
         origins: &dyn Origins,
         now_ms: u64,
         via: Via,
+        verdict: Option<bool>,
     ) {
         // An exact copy of a stored (or pending) update was verified when it
         // was first accepted: skip the signature check.
@@ -579,7 +630,7 @@ impl StateCore {
                 return;
             }
         };
-        if u.verify(&key).is_err() {
+        if !verdict.unwrap_or_else(|| u.verify(&key).is_ok()) {
             self.counters.forged += 1;
             return;
         }

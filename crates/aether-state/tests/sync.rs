@@ -874,3 +874,49 @@ fn repeated_nodes_in_one_message_are_handled_once() {
     c.receive(id(0), SyncMessage::Keys(lists), &keys, EPOCH_MS);
     assert_eq!(sent_updates(&mut c), 50);
 }
+
+#[test]
+fn parallel_signature_checks_decide_exactly_as_sequential_ones() {
+    let now = EPOCH_MS + 1000;
+    let mut updates: Vec<SignedUpdate> = (0..300)
+        .map(|i| {
+            signed(
+                i % 3,
+                "b",
+                format!("k{i}").as_bytes(),
+                Some(vec![b'v'; 10]),
+                &[(i % 3, 1)],
+                Timestamp::new(now, 0),
+            )
+        })
+        .collect();
+    // Forge every 37th: flip a value byte after signing.
+    for i in (0..updates.len()).step_by(37) {
+        let mut bytes = updates[i].encode();
+        let at = bytes.len() - 64 - 32 - 12 - 4 - 40 - 1;
+        bytes[at] ^= 0x20;
+        updates[i] = SignedUpdate::decode(&bytes).expect("still well-formed");
+    }
+    // And one exact duplicate of a good update.
+    updates.push(updates[1].clone());
+    let forged = (0..300).step_by(37).count() as u64;
+    let run = |threads: usize| {
+        let config = SyncConfig {
+            verify_threads: threads,
+            ..SyncConfig::default()
+        };
+        let mut c = StateCore::new(config, Hlc::new(500));
+        c.receive(id(0), SyncMessage::Push(updates.clone()), &keyring(3), now);
+        (
+            c.digest(),
+            c.counters().forged,
+            c.counters().duplicates,
+            c.len(),
+        )
+    };
+    let sequential = run(1);
+    assert_eq!(sequential.1, forged, "{sequential:?}");
+    assert_eq!(sequential.2, 1);
+    assert_eq!(run(2), sequential);
+    assert_eq!(run(4), sequential);
+}

@@ -6,6 +6,8 @@
 #   probe.wasm           tests/fixtures/probe      (Rust, `wasi` crate; one route per behaviour)
 #   hello-wstd.wasm      tests/fixtures/hello-wstd (Rust, `wstd` crate)
 #   missing-import.wasm  tests/fixtures/missing-import (imports acme:missing/thing@1.0.0)
+#   kv-counter.wasm      tests/fixtures/kv-counter (Rust, `wasi` + wit-bindgen for wasi:keyvalue,
+#                        against the WIT in crates/aether-runtime/wit)
 #   hello-py.wasm        tests/fixtures/hello-py   (Python, componentize-py)
 #
 # Idempotent: cargo rebuilds only what changed, and the Python component is rebuilt only
@@ -116,6 +118,7 @@ artifacts=(
     "probe=$release/probe.wasm"
     "hello-wstd=$release/hello_wstd.wasm"
     "missing-import=$release/missing_import.wasm"
+    "kv-counter=$release/kv_counter.wasm"
     "hello-py=$py_wasm"
 )
 component_magic="00 61 73 6d 0d 00 01 00"
@@ -130,6 +133,8 @@ for entry in "${artifacts[@]}"; do
 done
 grep -qa 'acme:missing/thing@1.0.0' "$OUT/missing-import.wasm" \
     || die "missing-import.wasm does not mention acme:missing/thing@1.0.0"
+grep -qa 'wasi:keyvalue/store@0.2.0-draft' "$OUT/kv-counter.wasm" \
+    || die "kv-counter.wasm does not import wasi:keyvalue/store@0.2.0-draft"
 
 for entry in "${artifacts[@]}"; do
     name="${entry%%=*}"

@@ -12,6 +12,7 @@ mod admin;
 mod config;
 mod deployments;
 mod ingress;
+mod keyvalue;
 mod kv_api;
 mod load;
 mod router;
@@ -64,7 +65,24 @@ impl Node {
             Some(setup) => start_mesh(&config, setup, &node_key).await?,
             None => None,
         };
-        let runtime = Runtime::new(config.runtime_config())?;
+        // Listeners first, so a taken port fails with its own error before
+        // anything else (the state store, restored deployments) is opened.
+        let http_listener = bind(config.http_addr, "HTTP ingress", "--listen")?;
+        let http_addr = http_listener.local_addr()?;
+        let admin_listener = bind(config.admin_addr, "admin API", "--admin-listen")?;
+        let admin_addr = admin_listener.local_addr()?;
+        let kv = aether_kv::Kv::start(
+            aether_kv::KvConfig::new(config.data_dir.join("state.redb")),
+            node_key.clone(),
+            mesh.clone(),
+        )
+        .await
+        .context("starting the lattice state")?;
+
+        // Components reach the lattice state through wasi:keyvalue.
+        let mut runtime_config = config.runtime_config();
+        runtime_config.keyvalue = Some(Arc::new(keyvalue::LatticeKeyValue::new(kv.clone())));
+        let runtime = Runtime::new(runtime_config)?;
         let deployments = Arc::new(Deployments::new(&config, runtime));
         let restored = if config.restore {
             deployments.restore().await
@@ -78,18 +96,6 @@ impl Node {
             );
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-
-        let http_listener = bind(config.http_addr, "HTTP ingress", "--listen")?;
-        let http_addr = http_listener.local_addr()?;
-        let admin_listener = bind(config.admin_addr, "admin API", "--admin-listen")?;
-        let admin_addr = admin_listener.local_addr()?;
-        let kv = aether_kv::Kv::start(
-            aether_kv::KvConfig::new(config.data_dir.join("state.redb")),
-            node_key.clone(),
-            mesh.clone(),
-        )
-        .await
-        .context("starting the lattice state")?;
 
         let ingress = ingress::IngressThreads::start(
             http_listener,

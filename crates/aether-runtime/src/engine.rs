@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::cache::CompileCache;
+use crate::keyvalue::KeyValueBackend;
 use crate::metrics::RuntimeMetrics;
 
 /// Interval between epoch ticks. Deadlines are measured in these ticks, and a
@@ -17,7 +18,7 @@ use crate::metrics::RuntimeMetrics;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Node-wide runtime settings (the per-component ones come from the manifest).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeConfig {
     /// Directory for compiled code; `None` disables the on-disk cache.
     /// Default: `DATA_DIR/compile-cache`.
@@ -36,6 +37,24 @@ pub struct RuntimeConfig {
     pub table_keep_resident: usize,
     /// Bytes of stack for each instance's host fiber. Default 1 MiB.
     pub async_stack_size: usize,
+    /// The store behind `wasi:keyvalue` (the node's lattice state). Default
+    /// `None`: components importing `wasi:keyvalue` still load, but opening a
+    /// bucket fails with an error saying this node has no state store.
+    pub keyvalue: Option<Arc<dyn KeyValueBackend>>,
+}
+
+impl std::fmt::Debug for RuntimeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeConfig")
+            .field("cache_dir", &self.cache_dir)
+            .field("max_instances", &self.max_instances)
+            .field("max_memory_per_instance", &self.max_memory_per_instance)
+            .field("memory_keep_resident", &self.memory_keep_resident)
+            .field("table_keep_resident", &self.table_keep_resident)
+            .field("async_stack_size", &self.async_stack_size)
+            .field("keyvalue", &self.keyvalue.as_ref().map(|_| "<backend>"))
+            .finish()
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -47,6 +66,7 @@ impl Default for RuntimeConfig {
             memory_keep_resident: 10 << 20,
             table_keep_resident: 1 << 20,
             async_stack_size: 1 << 20,
+            keyvalue: None,
         }
     }
 }
@@ -65,7 +85,7 @@ pub(crate) struct RuntimeInner {
     /// Engine with fuel metering, built on first use by a component that
     /// sets `limits.fuel` (metering is an engine-wide compile setting).
     metered: OnceLock<Engine>,
-    config: RuntimeConfig,
+    pub(crate) config: RuntimeConfig,
     pub(crate) cache: CompileCache,
     pub(crate) metrics: RuntimeMetrics,
     stop_ticker: Arc<AtomicBool>,

@@ -13,6 +13,7 @@ use wasmtime_wasi_http::{
 };
 
 use crate::capabilities::OutboundPolicy;
+use crate::keyvalue::KeyValueCtx;
 
 /// Everything one instance can reach, owned by its `Store`.
 pub(crate) struct HostState {
@@ -22,6 +23,7 @@ pub(crate) struct HostState {
     pub(crate) hooks: OutboundHooks,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) config: Arc<WasiConfigVariables>,
+    pub(crate) keyvalue: KeyValueCtx,
 }
 
 impl WasiView for HostState {
@@ -50,11 +52,15 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     wasmtime_wasi_config::add_to_linker(linker, |h: &mut HostState| WasiConfig::from(&*h.config))?;
+    // Linked for every component; `open` enforces `capabilities.keyvalue`.
+    crate::keyvalue::link(linker)?;
     Ok(())
 }
 
-/// Interfaces (without versions) that [`link`] provides; used to list every
-/// missing import of a component at once instead of failing on the first.
+/// Interfaces that [`link`] provides; used to list every missing import of a
+/// component at once instead of failing on the first. Entries without a
+/// version match any version (the linker's semver rules decide); entries with
+/// one (pre-release drafts, which semver never matches) match only it.
 pub(crate) const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:io/error",
     "wasi:io/poll",
@@ -87,7 +93,22 @@ pub(crate) const PROVIDED_INTERFACES: &[&str] = &[
     "wasi:http/types",
     "wasi:http/outgoing-handler",
     "wasi:config/store",
+    "wasi:keyvalue/store@0.2.0-draft",
+    "wasi:keyvalue/atomics@0.2.0-draft",
+    "wasi:keyvalue/batch@0.2.0-draft",
 ];
+
+/// Whether `import` (`ns:pkg/interface@version`) is in [`PROVIDED_INTERFACES`].
+pub(crate) fn provides(import: &str) -> bool {
+    let bare = import.split('@').next().unwrap_or(import);
+    PROVIDED_INTERFACES.iter().any(|p| {
+        if p.contains('@') {
+            *p == import
+        } else {
+            *p == bare
+        }
+    })
+}
 
 /// Outbound HTTP gate: requests to hosts outside the component's allow-list
 /// fail inside the guest with `HTTP-request-denied`.
@@ -167,5 +188,19 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= self.max_table_elements)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::provides;
+
+    #[test]
+    fn drafts_match_only_their_own_version() {
+        assert!(provides("wasi:http/types@0.2.6"));
+        assert!(provides("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(!provides("wasi:keyvalue/store@0.2.0-draft2"));
+        assert!(!provides("wasi:keyvalue/watcher@0.2.0-draft"));
+        assert!(!provides("acme:missing/thing@1.0.0"));
     }
 }

@@ -12,13 +12,15 @@
 //! instance with [`LoadedComponent::handle`]. Everything a component may touch
 //! is granted by its manifest and nothing else: no host directories, only the
 //! listed environment and config values, outbound HTTP only to listed hosts,
-//! no sockets.
+//! `wasi:keyvalue` only for the listed buckets (see [`keyvalue`] for the
+//! buckets, the backend and what atomics mean across nodes), no sockets.
 #![deny(missing_docs)]
 
 mod cache;
 mod capabilities;
 mod engine;
 mod host;
+pub mod keyvalue;
 mod load;
 mod logs;
 mod metrics;
@@ -27,6 +29,7 @@ mod serve;
 pub use cache::{CacheOutcome, CompileCache};
 pub use capabilities::OutboundPolicy;
 pub use engine::{Runtime, RuntimeConfig};
+pub use keyvalue::{CasOutcome, KeyPage, KeyValueBackend, KeyValueError, KvFuture};
 pub use load::{LoadError, LoadedComponent, content_hash};
 pub use logs::{LogLine, LogSink, LogStream};
 pub use metrics::RuntimeMetrics;

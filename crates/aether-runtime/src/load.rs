@@ -14,6 +14,7 @@ use crate::cache::CacheOutcome;
 use crate::capabilities::OutboundPolicy;
 use crate::engine::Runtime;
 use crate::host::{self, HostState};
+use crate::keyvalue::KeyValueGrants;
 use crate::logs::{LogSink, LogStream};
 use crate::metrics::{ComponentLabel, ComponentMetrics};
 
@@ -94,6 +95,7 @@ pub(crate) struct ComponentInner {
     pub(crate) env: Vec<(String, String)>,
     pub(crate) config: Arc<WasiConfigVariables>,
     pub(crate) outbound: Arc<OutboundPolicy>,
+    pub(crate) keyvalue: Arc<KeyValueGrants>,
     pub(crate) logs: LogSink,
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) cache: CacheOutcome,
@@ -197,6 +199,12 @@ impl Runtime {
                 }
             ),
         );
+        let keyvalue = Arc::new(KeyValueGrants {
+            component: name.as_str().into(),
+            buckets: manifest.capabilities.keyvalue.clone(),
+            backend: self.inner.config.keyvalue.clone(),
+            logs: logs.clone(),
+        });
         let max_concurrency = usize::try_from(manifest.limits.max_concurrency).unwrap_or(1);
         let stats = self.inner.metrics.for_component(&label);
         Ok(LoadedComponent {
@@ -210,6 +218,7 @@ impl Runtime {
                 env,
                 config: Arc::new(config),
                 outbound: Arc::new(OutboundPolicy::new(&manifest.capabilities.outbound_http)),
+                keyvalue,
                 logs,
                 slots: Arc::new(Semaphore::new(max_concurrency)),
                 cache,
@@ -277,9 +286,8 @@ fn missing_imports(component: &Component, engine: &wasmtime::Engine) -> Vec<Stri
     let ty = component.component_type();
     let mut missing = Vec::new();
     for (import, item) in ty.imports(engine) {
-        let bare = import.split('@').next().unwrap_or(import);
-        let provided = host::PROVIDED_INTERFACES.contains(&bare)
-            && matches!(item.ty, ComponentItem::ComponentInstance(_));
+        let provided =
+            host::provides(import) && matches!(item.ty, ComponentItem::ComponentInstance(_));
         if !provided {
             missing.push(import.to_string());
         }

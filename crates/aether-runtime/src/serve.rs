@@ -16,6 +16,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{Error as HttpError, WasiHttpCtx, WasiHttpView};
 
 use crate::host::{HostState, MemoryLimiter, OutboundHooks};
+use crate::keyvalue::KeyValueCtx;
 use crate::load::LoadedComponent;
 use crate::logs::{CapturedStdio, LogStream};
 use crate::metrics::FaultLabels;
@@ -295,6 +296,7 @@ impl LoadedComponent {
                 exceeded: memory_exceeded,
             },
             config: c.config.clone(),
+            keyvalue: KeyValueCtx::new(c.keyvalue.clone()),
         };
         let mut store = Store::new(c.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);

@@ -3,11 +3,14 @@
 
 use std::convert::Infallible;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use aether_manifest::Manifest;
-use aether_runtime::{CacheOutcome, LoadError, LoadedComponent, LogStream, Runtime, RuntimeConfig};
+use aether_runtime::{
+    CacheOutcome, CasOutcome, KeyPage, KeyValueBackend, KeyValueError, KvFuture, LoadError,
+    LoadedComponent, LogStream, Runtime, RuntimeConfig,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -341,4 +344,227 @@ async fn stdout_and_stderr_are_captured_per_component() {
             .iter()
             .any(|l| l.stream == LogStream::Stderr && l.text == "probe stderr line")
     );
+}
+
+// ---------------------------------------------------------------------------
+// wasi:keyvalue
+// ---------------------------------------------------------------------------
+
+/// An in-memory backend: one map for every bucket, one lock for everything
+/// (so its atomics are trivially atomic).
+#[derive(Default)]
+struct MemoryKv {
+    map: std::sync::Mutex<std::collections::BTreeMap<(String, String), Vec<u8>>>,
+}
+
+impl MemoryKv {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut std::collections::BTreeMap<(String, String), Vec<u8>>) -> T,
+    ) -> T {
+        f(&mut self.map.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn buckets(&self) -> Vec<String> {
+        let mut b: Vec<String> = self.with(|m| m.keys().map(|(b, _)| b.clone()).collect());
+        b.dedup();
+        b
+    }
+}
+
+fn ready<'a, T: Send + 'a>(v: Result<T, KeyValueError>) -> KvFuture<'a, T> {
+    Box::pin(std::future::ready(v))
+}
+
+impl KeyValueBackend for MemoryKv {
+    fn get<'a>(&'a self, bucket: &'a str, key: &'a str) -> KvFuture<'a, Option<Vec<u8>>> {
+        ready(Ok(
+            self.with(|m| m.get(&(bucket.into(), key.into())).cloned())
+        ))
+    }
+
+    fn set<'a>(&'a self, bucket: &'a str, key: &'a str, value: Vec<u8>) -> KvFuture<'a, ()> {
+        self.with(|m| m.insert((bucket.into(), key.into()), value));
+        ready(Ok(()))
+    }
+
+    fn delete<'a>(&'a self, bucket: &'a str, key: &'a str) -> KvFuture<'a, ()> {
+        self.with(|m| m.remove(&(bucket.into(), key.into())));
+        ready(Ok(()))
+    }
+
+    fn list_keys<'a>(
+        &'a self,
+        bucket: &'a str,
+        cursor: Option<u64>,
+        limit: usize,
+    ) -> KvFuture<'a, KeyPage> {
+        let keys: Vec<String> = self.with(|m| {
+            m.keys()
+                .filter(|(b, _)| b == bucket)
+                .map(|(_, k)| k.clone())
+                .collect()
+        });
+        let skip = cursor.unwrap_or(0) as usize;
+        let page: Vec<String> = keys.iter().skip(skip).take(limit).cloned().collect();
+        let next = skip + page.len();
+        ready(Ok(KeyPage {
+            cursor: (next < keys.len()).then_some(next as u64),
+            keys: page,
+        }))
+    }
+
+    fn increment<'a>(&'a self, bucket: &'a str, key: &'a str, delta: u64) -> KvFuture<'a, u64> {
+        ready(self.with(|m| {
+            let slot = (bucket.to_string(), key.to_string());
+            let next = aether_runtime::keyvalue::increment_counter(
+                key,
+                m.get(&slot).map(Vec::as_slice),
+                delta,
+            )?;
+            m.insert(slot, next.to_string().into_bytes());
+            Ok(next)
+        }))
+    }
+
+    fn compare_and_swap<'a>(
+        &'a self,
+        bucket: &'a str,
+        key: &'a str,
+        expected: Option<&'a [u8]>,
+        new: Vec<u8>,
+    ) -> KvFuture<'a, CasOutcome> {
+        ready(Ok(self.with(|m| {
+            let slot = (bucket.to_string(), key.to_string());
+            let current = m.get(&slot).cloned();
+            if current.as_deref() == expected {
+                m.insert(slot, new);
+                CasOutcome::Swapped
+            } else {
+                CasOutcome::Mismatch { current }
+            }
+        })))
+    }
+}
+
+/// A runtime whose `wasi:keyvalue` is backed by `kv`.
+fn kv_runtime(kv: Arc<MemoryKv>) -> Runtime {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("runtime-compile-cache");
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache),
+        max_instances: 8,
+        keyvalue: Some(kv),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime")
+}
+
+fn kv_counter(rt: &Runtime, grants: &str) -> LoadedComponent {
+    let text = format!(
+        "name = \"kv-counter\"\ncomponent = \"kv-counter.wasm\"\n[http]\nroutes = [\"/\"]\n\
+         [capabilities]\nkeyvalue = [{grants}]\n"
+    );
+    let m = aether_manifest::parse(&text, "Aetherfile").expect("valid manifest");
+    rt.load(&m, &fixture("kv-counter"))
+        .expect("kv-counter loads")
+}
+
+async fn kv_post(c: &LoadedComponent, path: &str, value: &str) -> (u16, String) {
+    let req = hyper::Request::builder()
+        .method("POST")
+        .uri(format!("http://localhost{path}"))
+        .header("host", "localhost")
+        .body(body(value.to_string()))
+        .expect("request");
+    call_with(c, req).await
+}
+
+fn ok(text: &str) -> (u16, String) {
+    (200, text.to_string())
+}
+
+#[tokio::test]
+async fn keyvalue_store_atomics_and_batch_in_a_granted_bucket() {
+    let kv = Arc::new(MemoryKv::default());
+    let rt = kv_runtime(kv.clone());
+    let c = kv_counter(&rt, "\"counters\", \"big\"");
+
+    assert_eq!(kv_post(&c, "/set?key=greeting", "hello").await, ok("ok"));
+    assert_eq!(call(&c, "/get?key=greeting").await, ok("hello"));
+    assert_eq!(call(&c, "/get?key=nope").await, (404, "absent".into()));
+    assert_eq!(call(&c, "/exists?key=greeting").await, ok("true"));
+    assert_eq!(call(&c, "/delete?key=greeting").await, ok("ok"));
+    assert_eq!(call(&c, "/exists?key=greeting").await, ok("false"));
+
+    for expected in ["1", "2", "3"] {
+        assert_eq!(call(&c, "/incr?key=hits").await, ok(expected));
+    }
+    assert_eq!(call(&c, "/incr?key=hits&by=10").await, ok("13"));
+    assert_eq!(call(&c, "/get?key=hits").await, ok("13"));
+    kv_post(&c, "/set?key=word", "twelve").await;
+    let (status, text) = call(&c, "/incr?key=word").await;
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.contains("`word`") && text.contains("not a decimal"),
+        "{text}"
+    );
+
+    assert_eq!(call(&c, "/set-many?x=1&y=2").await, ok("ok"));
+    assert_eq!(call(&c, "/many?keys=x,y,z").await, ok("x=1\ny=2\nz absent"));
+    assert_eq!(call(&c, "/keys").await, ok("hits\nword\nx\ny"));
+    assert_eq!(call(&c, "/delete-many?keys=x,y,word").await, ok("ok"));
+    assert_eq!(call(&c, "/keys").await, ok("hits"));
+
+    // Listing follows the cursor across pages.
+    kv.with(|m| {
+        for i in 0..2500 {
+            m.insert(("app:big".into(), format!("k{i:05}")), vec![b'v']);
+        }
+    });
+    let (status, text) = call(&c, "/keys?bucket=big").await;
+    assert_eq!(status, 200);
+    assert_eq!(text.lines().count(), 2500);
+
+    // The component's buckets are lattice buckets under `app:`.
+    assert_eq!(kv.buckets(), ["app:big", "app:counters"]);
+}
+
+#[tokio::test]
+async fn keyvalue_buckets_not_granted_are_refused_and_logged() {
+    let kv = Arc::new(MemoryKv::default());
+    let rt = kv_runtime(kv.clone());
+    let c = kv_counter(&rt, "\"counters\"");
+    assert_eq!(
+        call(&c, "/get?key=a&bucket=secret").await,
+        (403, "access-denied: bucket `secret`".into())
+    );
+    let logs: Vec<String> = c.logs().tail(10).into_iter().map(|l| l.text).collect();
+    assert!(
+        logs.iter().any(|l| l.contains("`secret`")
+            && l.contains("capabilities.keyvalue")
+            && l.contains("`counters`")),
+        "{logs:?}"
+    );
+
+    // Nothing granted at all: even `counters` is refused.
+    let none = kv_counter(&rt, "");
+    assert_eq!(
+        call(&none, "/incr?key=a").await,
+        (403, "access-denied: bucket `counters`".into())
+    );
+    assert!(kv.buckets().is_empty(), "{:?}", kv.buckets());
+}
+
+#[tokio::test]
+async fn keyvalue_without_a_backend_loads_and_says_so() {
+    // The shared runtime has no keyvalue backend.
+    let c = kv_counter(runtime(), "\"counters\"");
+    let (status, text) = call(&c, "/get?key=a").await;
+    assert_eq!(status, 500, "{text}");
+    assert!(
+        text.contains("no state store") && text.contains("`counters`"),
+        "{text}"
+    );
+    // Grants are checked first.
+    assert_eq!(call(&c, "/get?key=a&bucket=other").await.0, 403);
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the daemon's multi-process tests.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead as _, BufReader};
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,359 @@
+//! Real `aether-d` processes forming a lattice on loopback addresses: an
+//! operator (lattice root and publisher keys in a temporary ALKAHEST_HOME),
+//! nodes on the default mesh port, deploys of sealed essences and plain HTTP
+//! to the ingress. (The same pattern as `lattice.rs`, for tests that deploy
+//! components to several nodes.)
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aether_admin::client::AdminClient;
+use aether_identity::home::Home;
+use aether_identity::{Invite, InviteConstraints, InviteToken, LatticeId, SecretKey};
+use bytes::Bytes;
+use http::Method;
+use serde_json::Value;
+
+use super::{block_on, capture};
+
+/// The mesh port every node uses (each on its own loopback address).
+pub const MESH_PORT: u16 = 7946;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The operator's side: lattice root and publisher keys, invites, essences.
+pub struct Operator {
+    pub home: tempfile::TempDir,
+}
+
+impl Operator {
+    pub fn new() -> Self {
+        let home = tempfile::tempdir().expect("home dir");
+        Home::at(home.path()).init().expect("lattice init");
+        Self { home }
+    }
+
+    pub fn root(&self) -> SecretKey {
+        Home::at(self.home.path()).root_key().expect("root key")
+    }
+
+    /// A reusable invite valid for an hour.
+    pub fn invite(&self) -> InviteToken {
+        let root = self.root();
+        let now = unix_now();
+        Invite::issue(
+            &root,
+            LatticeId::of_root(&root.public()),
+            InviteConstraints::default(),
+            now + 3600,
+            false,
+            now,
+        )
+        .expect("invite")
+    }
+
+    /// `wasm` sealed with the operator's publisher key (which nodes started
+    /// with this ALKAHEST_HOME trust) under the Aetherfile `aetherfile`.
+    pub fn seal(&self, aetherfile: &str, wasm: &[u8]) -> Vec<u8> {
+        let manifest = aether_manifest::parse(aetherfile, "Aetherfile")
+            .unwrap_or_else(|e| panic!("test Aetherfile does not parse: {e}\n{aetherfile}"));
+        let publisher = Home::at(self.home.path())
+            .publisher_key()
+            .expect("publisher key");
+        aether_essence::seal(&manifest, wasm, &publisher)
+    }
+}
+
+/// A test component built by `scripts/build-fixtures.sh`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/fixtures")
+        .join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "test fixture {} is missing ({e}); run scripts/build-fixtures.sh first",
+            path.display()
+        )
+    })
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+}
+
+/// One `aether-d` process, SIGKILLed when dropped.
+pub struct Node {
+    pub ip: Ipv4Addr,
+    pub data: PathBuf,
+    pub home: PathBuf,
+    pub http_port: u16,
+    pub admin_port: u16,
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+    admin_key: SecretKey,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Node {
+    /// A node on 127.0.0.`octet` with its data under `scratch`.
+    pub fn new(octet: u8, scratch: &Path, operator: &Operator) -> Self {
+        let ip = Ipv4Addr::new(127, 0, 0, octet);
+        Self {
+            ip,
+            data: scratch.join(format!("node-{octet}")),
+            home: operator.home.path().to_path_buf(),
+            http_port: free_port(ip),
+            admin_port: free_port(ip),
+            child: None,
+            stderr: Arc::new(Mutex::new(String::new())),
+            admin_key: operator.root(),
+        }
+    }
+
+    pub fn mesh(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, MESH_PORT))
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.admin_port))
+    }
+
+    pub fn http(&self) -> SocketAddr {
+        SocketAddr::from((self.ip, self.http_port))
+    }
+
+    /// Starts the process with `extra` arguments and waits until its admin
+    /// API accepts connections.
+    pub fn start(&mut self, extra: &[String]) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aether-d"));
+        cmd.arg("--data-dir")
+            .arg(&self.data)
+            .arg("--bind")
+            .arg(self.ip.to_string())
+            .arg("--http-port")
+            .arg(self.http_port.to_string())
+            .arg("--admin-port")
+            .arg(self.admin_port.to_string())
+            .arg("--workers")
+            .arg("1")
+            .args(extra)
+            .env("ALKAHEST_HOME", &self.home)
+            .env_remove("AETHER_DATA_DIR")
+            .env_remove("AETHER_INVITE")
+            .env("AETHER_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawning aether-d");
+        self.stderr = capture(child.stderr.take().expect("stderr pipe"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "aether-d on {} exited early ({status})\n{}",
+                    self.ip,
+                    self.stderr()
+                );
+            }
+            if TcpStream::connect(self.admin()).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aether-d on {} never became ready\n{}",
+                self.ip,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn client(&self) -> AdminClient {
+        AdminClient::new(self.admin(), self.admin_key.clone())
+    }
+
+    /// A signed admin request answered with JSON; panics on refusal.
+    pub fn admin_json(&self, method: Method, path: &str, body: Vec<u8>) -> Value {
+        block_on(self.client().json(method.clone(), path, Bytes::from(body)))
+            .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}\n{}", self.ip, self.stderr()))
+    }
+
+    /// The last lines of a component's log (`GET /v1/logs/NAME`), one JSON
+    /// object a line.
+    pub fn logs(&self, component: &str) -> String {
+        use http_body_util::BodyExt as _;
+        let path = format!("/v1/logs/{component}?tail=100");
+        block_on(async {
+            let resp = self.client().send(Method::GET, &path, Bytes::new()).await?;
+            let body = resp.into_body().collect().await.map_err(|e| {
+                aether_admin::client::ClientError::Decode(format!("reading the logs: {e}"))
+            })?;
+            Ok::<_, aether_admin::client::ClientError>(body.to_bytes())
+        })
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_else(|e| panic!("GET {path} on {}: {e}\n{}", self.ip, self.stderr()))
+    }
+
+    /// Deploys a sealed essence.
+    pub fn deploy(&self, essence: Vec<u8>) -> Value {
+        self.admin_json(Method::POST, "/v1/deploy", essence)
+    }
+
+    /// This node's id (`ed25519:…`).
+    pub fn id(&self) -> String {
+        self.members()
+            .into_iter()
+            .find(|m| m["is_self"] == true)
+            .and_then(|m| m["id"].as_str().map(str::to_string))
+            .expect("self row")
+    }
+
+    pub fn members(&self) -> Vec<Value> {
+        self.admin_json(Method::GET, "/v1/nodes", Vec::new())
+            .as_array()
+            .cloned()
+            .expect("array of members")
+    }
+
+    /// Whether this node lists every one of `ids` alive.
+    pub fn sees_alive(&self, ids: &[String]) -> bool {
+        let members = self.members();
+        ids.iter().all(|id| {
+            members
+                .iter()
+                .any(|m| m["id"] == id.as_str() && m["state"] == "alive")
+        })
+    }
+
+    /// One HTTP/1.1 request to the ingress.
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+        try_request(self.http(), method, path, body).unwrap_or_else(|e| {
+            panic!(
+                "{method} http://{}{path} failed: {e}\n{}",
+                self.http(),
+                self.stderr()
+            )
+        })
+    }
+}
+
+/// `--join SEED` plus `--invite TOKEN` when given.
+pub fn join_args(seed: &Node, invite: Option<&InviteToken>) -> Vec<String> {
+    let mut args = vec!["--join".to_string(), seed.mesh().to_string()];
+    if let Some(token) = invite {
+        args.push("--invite".into());
+        args.push(token.to_text());
+    }
+    args
+}
+
+/// Polls `check` every 100 ms until it returns true, or panics with `what`.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Status and body of an ingress response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    parse_response(&raw)
+        .ok_or_else(|| std::io::Error::other(format!("malformed response: {raw:?}")))
+}
+
+fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let chunked = lines.any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    let rest = &raw[end + 4..];
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Some(HttpResponse {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        data = &data[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}

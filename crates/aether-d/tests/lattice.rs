@@ -4,285 +4,17 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use aether_admin::client::AdminClient;
-use aether_identity::home::Home;
-use aether_identity::{
-    Invite, InviteConstraints, InviteToken, Labels, LatticeId, NodeCertificate, SecretKey,
-};
+use aether_identity::{InviteToken, Labels, NodeCertificate, SecretKey};
 use bytes::Bytes;
-use common::{block_on, capture};
+use common::block_on;
+use common::cluster::{Node, Operator, eventually, join_args, unix_now};
 use http::Method;
 use serde_json::Value;
-
-const MESH_PORT: u16 = 7946;
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// The operator's side: a lattice root (ALKAHEST_HOME) that issues invites.
-struct Operator {
-    home: tempfile::TempDir,
-}
-
-impl Operator {
-    fn new() -> Self {
-        let home = tempfile::tempdir().expect("home dir");
-        Home::at(home.path()).init().expect("lattice init");
-        Self { home }
-    }
-
-    fn root(&self) -> SecretKey {
-        Home::at(self.home.path()).root_key().expect("root key")
-    }
-
-    fn invite_at(&self, single_use: bool, issued: u64, lifetime: u64) -> InviteToken {
-        let root = self.root();
-        Invite::issue(
-            &root,
-            LatticeId::of_root(&root.public()),
-            InviteConstraints::default(),
-            issued + lifetime,
-            single_use,
-            issued,
-        )
-        .expect("invite")
-    }
-
-    fn invite(&self, single_use: bool) -> InviteToken {
-        self.invite_at(single_use, unix_now(), 3600)
-    }
-}
-
-/// One `aether-d` process and what it needs to be restarted.
-struct Node {
-    ip: Ipv4Addr,
-    data: PathBuf,
-    home: PathBuf,
-    http_port: u16,
-    admin_port: u16,
-    child: Option<Child>,
-    stderr: Arc<Mutex<String>>,
-    admin_key: SecretKey,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
-}
-
-impl Node {
-    fn new(octet: u8, scratch: &Path, operator: &Operator) -> Self {
-        let ip = Ipv4Addr::new(127, 0, 0, octet);
-        let data = scratch.join(format!("node-{octet}"));
-        Self {
-            ip,
-            data,
-            home: operator.home.path().to_path_buf(),
-            http_port: free_port(ip),
-            admin_port: free_port(ip),
-            child: None,
-            stderr: Arc::new(Mutex::new(String::new())),
-            admin_key: operator.root(),
-        }
-    }
-
-    fn mesh(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, MESH_PORT))
-    }
-
-    fn admin(&self) -> SocketAddr {
-        SocketAddr::from((self.ip, self.admin_port))
-    }
-
-    /// Starts the process with `extra` arguments (join, invite, region).
-    fn spawn(&mut self, extra: &[String]) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aether-d"));
-        cmd.arg("--data-dir")
-            .arg(&self.data)
-            .arg("--bind")
-            .arg(self.ip.to_string())
-            .arg("--http-port")
-            .arg(self.http_port.to_string())
-            .arg("--admin-port")
-            .arg(self.admin_port.to_string())
-            .arg("--workers")
-            .arg("1")
-            .args(extra)
-            .env("ALKAHEST_HOME", &self.home)
-            .env_remove("AETHER_DATA_DIR")
-            .env_remove("AETHER_INVITE")
-            .env("AETHER_LOG", "info,aether_mesh=debug")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawning aether-d");
-        self.stderr = capture(child.stderr.take().expect("stderr pipe"));
-        self.child = Some(child);
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Waits until the admin API answers; panics if the process exits.
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "aether-d on {} exited early ({status})\n{}",
-                    self.ip,
-                    self.stderr()
-                );
-            }
-            if std::net::TcpStream::connect(self.admin()).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aether-d on {} never became ready\n{}",
-                self.ip,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn start(&mut self, extra: &[String]) {
-        self.spawn(extra);
-        self.wait_ready();
-    }
-
-    /// Waits for the process to exit by itself; returns its status and stderr.
-    fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                // Let the capture thread read the last lines.
-                std::thread::sleep(Duration::from_millis(100));
-                return (status, self.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aether-d on {} did not exit within {timeout:?}\n{}",
-                self.ip,
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn signal(&mut self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .expect("kill")
-            .success();
-        assert!(ok, "kill {sig} {pid} failed");
-    }
-
-    fn sigkill(&mut self) {
-        self.signal("-KILL");
-        let _ = self.wait_exit(Duration::from_secs(10));
-    }
-
-    fn client(&self) -> AdminClient {
-        AdminClient::new(self.admin(), self.admin_key.clone())
-    }
-
-    fn members(&self) -> Vec<Value> {
-        let v: Value = block_on(self.client().json(Method::GET, "/v1/nodes", Bytes::new()))
-            .unwrap_or_else(|e| panic!("GET /v1/nodes on {}: {e}\n{}", self.ip, self.stderr()));
-        v.as_array().cloned().expect("array of members")
-    }
-
-    fn id(&self) -> String {
-        self.members()
-            .into_iter()
-            .find(|m| m["is_self"] == true)
-            .and_then(|m| m["id"].as_str().map(str::to_string))
-            .expect("self row")
-    }
-
-    fn metrics(&self) -> String {
-        let mut stream = std::net::TcpStream::connect(self.admin()).expect("connect admin");
-        use std::io::{Read as _, Write as _};
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("write");
-        let mut out = String::new();
-        stream.read_to_string(&mut out).expect("read");
-        out
-    }
-
-    /// The state this node shows for `id` (`None`: not listed).
-    fn state_of(&self, id: &str) -> Option<(String, u64)> {
-        self.members().into_iter().find(|m| m["id"] == id).map(|m| {
-            (
-                m["state"].as_str().unwrap_or("").to_string(),
-                m["incarnation"].as_u64().unwrap_or(0),
-            )
-        })
-    }
-}
-
-fn join_args(seed: &Node, invite: Option<&InviteToken>) -> Vec<String> {
-    let mut args = vec!["--join".to_string(), seed.mesh().to_string()];
-    if let Some(token) = invite {
-        args.push("--invite".into());
-        args.push(token.to_text());
-    }
-    args
-}
-
-/// Polls `check` every 100 ms until it returns true, or panics with `what`.
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if check() {
-            return start.elapsed();
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn all_alive(nodes: &[&Node], ids: &[String]) -> bool {
     nodes.iter().all(|n| {
@@ -304,7 +36,7 @@ fn five_nodes_see_each_other_detect_a_crash_take_a_restart_back_and_see_a_leave(
         .collect();
     // The first node admits itself with the operator's root key.
     nodes[0].start(&["--region".into(), "eu-west".into()]);
-    let invite = operator.invite(false);
+    let invite = operator.invite();
     for i in 1..5 {
         let mut args = join_args(&nodes[0], Some(&invite));
         args.extend(["--region".to_string(), format!("r{i}")]);
@@ -471,7 +203,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
     );
 
     // A single-use invite admits one node; the second one is refused.
-    let single = operator.invite(true);
+    let single = operator.invite_single_use();
     let mut first = Node::new(143, scratch.path(), &operator);
     first.start(&join_args(&seed, Some(&single)));
     let first_id = first.id();
@@ -506,7 +238,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
     // An invite from another lattice's root.
     let other = Operator::new();
     let mut foreign = Node::new(146, scratch.path(), &other);
-    foreign.start(&join_args(&seed, Some(&other.invite(false))));
+    foreign.start(&join_args(&seed, Some(&other.invite())));
     refused_ids.push(foreign.id());
     // The newcomer checks the member's certificate first in the handshake,
     // so the refusal is counted on whichever side sees the other's first.
@@ -522,7 +254,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
     // A forged node certificate (its invite signature altered) cannot even
     // start a node: aether-d checks its own certificate.
     let mut forged = Node::new(147, scratch.path(), &operator);
-    preadmitted_data_dir(&forged.data, &operator, &operator.invite(false), unix_now());
+    preadmitted_data_dir(&forged.data, &operator, &operator.invite(), unix_now());
     let cert_path = forged.data.join("node.cert");
     let mut bytes = std::fs::read(&cert_path).expect("cert");
     let n = bytes.len();
@@ -536,7 +268,7 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
     // A node admitted, then revoked: everyone marks it revoked and it cannot
     // come back.
     let mut doomed = Node::new(148, scratch.path(), &operator);
-    doomed.start(&join_args(&seed, Some(&operator.invite(false))));
+    doomed.start(&join_args(&seed, Some(&operator.invite())));
     let doomed_id = doomed.id();
     eventually(
         "the node to revoke is alive",
@@ -691,7 +423,7 @@ fn state_converges_across_crashes_restarts_and_a_partition() {
         .map(|o| Node::new(o, scratch.path(), &operator))
         .collect();
     nodes[0].start(&[]);
-    let invite = operator.invite(false);
+    let invite = operator.invite();
     for i in 1..5 {
         let args = join_args(&nodes[0], Some(&invite));
         nodes[i].start(&args);

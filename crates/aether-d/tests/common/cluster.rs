@@ -23,7 +23,8 @@ use super::{block_on, capture};
 /// The mesh port every node uses (each on its own loopback address).
 pub const MESH_PORT: u16 = 7946;
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -46,19 +47,28 @@ impl Operator {
         Home::at(self.home.path()).root_key().expect("root key")
     }
 
-    /// A reusable invite valid for an hour.
-    pub fn invite(&self) -> InviteToken {
+    /// An invite issued at `issued` (Unix seconds) for `lifetime` seconds.
+    pub fn invite_at(&self, single_use: bool, issued: u64, lifetime: u64) -> InviteToken {
         let root = self.root();
-        let now = unix_now();
         Invite::issue(
             &root,
             LatticeId::of_root(&root.public()),
             InviteConstraints::default(),
-            now + 3600,
-            false,
-            now,
+            issued + lifetime,
+            single_use,
+            issued,
         )
         .expect("invite")
+    }
+
+    /// A reusable invite valid for an hour.
+    pub fn invite(&self) -> InviteToken {
+        self.invite_at(false, unix_now(), 3600)
+    }
+
+    /// A single-use invite valid for an hour.
+    pub fn invite_single_use(&self) -> InviteToken {
+        self.invite_at(true, unix_now(), 3600)
     }
 
     /// `wasm` sealed with the operator's publisher key (which nodes started
@@ -145,6 +155,12 @@ impl Node {
     /// Starts the process with `extra` arguments and waits until its admin
     /// API accepts connections.
     pub fn start(&mut self, extra: &[String]) {
+        self.spawn(extra);
+        self.wait_ready();
+    }
+
+    /// Starts the process without waiting.
+    pub fn spawn(&mut self, extra: &[String]) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aether-d"));
         cmd.arg("--data-dir")
             .arg(&self.data)
@@ -168,6 +184,10 @@ impl Node {
         let mut child = cmd.spawn().expect("spawning aether-d");
         self.stderr = capture(child.stderr.take().expect("stderr pipe"));
         self.child = Some(child);
+    }
+
+    /// Waits until the admin API accepts connections; panics if the process exits.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self
@@ -192,6 +212,67 @@ impl Node {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Waits for the process to exit by itself; returns its status and stderr.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                // Let the capture thread read the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aether-d on {} did not exit within {timeout:?}\n{}",
+                self.ip,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Sends a signal (`-TERM`, `-KILL`) to the process.
+    pub fn signal(&mut self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn sigkill(&mut self) {
+        self.signal("-KILL");
+        let _ = self.wait_exit(Duration::from_secs(10));
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        let mut stream = TcpStream::connect(self.admin()).expect("connect admin");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut out = String::new();
+        stream.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    /// The state and incarnation this node shows for `id` (`None`: not listed).
+    pub fn state_of(&self, id: &str) -> Option<(String, u64)> {
+        self.members().into_iter().find(|m| m["id"] == id).map(|m| {
+            (
+                m["state"].as_str().unwrap_or("").to_string(),
+                m["incarnation"].as_u64().unwrap_or(0),
+            )
+        })
     }
 
     pub fn stderr(&self) -> String {

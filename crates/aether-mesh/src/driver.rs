@@ -194,10 +194,22 @@ impl Driver {
             self.metrics.dropped();
             return;
         };
-        let endpoint = self.endpoint.clone();
-        let metrics = self.metrics.clone();
+        let send = self.membership_send(t, expected);
         tokio::spawn(async move {
             let _permit = permit;
+            send.await;
+        });
+    }
+
+    /// Sends one membership datagram (connecting first when needed).
+    fn membership_send(
+        &self,
+        t: Transmit,
+        expected: Option<NodeId>,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let endpoint = self.endpoint.clone();
+        let metrics = self.metrics.clone();
+        async move {
             send_to(
                 &endpoint,
                 &metrics,
@@ -207,7 +219,7 @@ impl Driver {
                 &t.data,
             )
             .await;
-        });
+        }
     }
 
     fn event(&mut self, event: Event) {
@@ -564,20 +576,8 @@ impl Driver {
         }
         let mut sends = Vec::new();
         while let Some(t) = self.membership.poll_transmit() {
-            let endpoint = self.endpoint.clone();
-            let metrics = self.metrics.clone();
             let expected = t.node.and_then(|id| to_node_id(&id));
-            sends.push(async move {
-                send_to(
-                    &endpoint,
-                    &metrics,
-                    t.to,
-                    expected,
-                    CHANNEL_MEMBERSHIP,
-                    &t.data,
-                )
-                .await;
-            });
+            sends.push(self.membership_send(t, expected));
         }
         let _ =
             tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(sends)).await;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::Value;
 
+use super::http::{HttpResponse, try_request};
 use super::{block_on, capture};
 
 /// The mesh port every node uses (each on its own loopback address).
@@ -341,7 +342,7 @@ impl Node {
 
     /// One HTTP/1.1 request to the ingress.
     pub fn request(&self, method: &str, path: &str, body: &[u8]) -> HttpResponse {
-        try_request(self.http(), method, path, body).unwrap_or_else(|e| {
+        try_request(self.http(), method, path, &[], body).unwrap_or_else(|e| {
             panic!(
                 "{method} http://{}{path} failed: {e}\n{}",
                 self.http(),
@@ -373,68 +374,5 @@ pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool
             "timed out after {timeout:?}: {what}"
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Status and body of an ingress response.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub body: String,
-}
-
-fn try_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw)
-        .ok_or_else(|| std::io::Error::other(format!("malformed response: {raw:?}")))
-}
-
-fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&raw[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let rest = &raw[end + 4..];
-    let body = if chunked {
-        dechunk(rest)?
-    } else {
-        rest.to_vec()
-    };
-    Some(HttpResponse {
-        status,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
-}
-
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..eol]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[eol + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(data.get(..size)?);
-        data = data.get(size + 2..)?;
     }
 }

@@ -37,6 +37,7 @@ pub(crate) struct Services {
     pub(crate) mesh: Option<aether_mesh::MeshHandle>,
     pub(crate) kv: aether_kv::KvHandle,
     pub(crate) node_id: aether_identity::PublicKey,
+    pub(crate) replication: Option<Arc<crate::replication::Replication>>,
 }
 
 pub(crate) struct AdminState {
@@ -45,6 +46,7 @@ pub(crate) struct AdminState {
     mesh: Option<aether_mesh::MeshHandle>,
     kv: aether_kv::KvHandle,
     node_id: aether_identity::PublicKey,
+    replication: Option<Arc<crate::replication::Replication>>,
     registry: Registry,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -65,6 +67,7 @@ impl AdminState {
             mesh,
             kv,
             node_id,
+            replication,
         } = services;
         let mut registry = Registry::default();
         deployments.runtime().metrics().register(&mut registry);
@@ -78,6 +81,7 @@ impl AdminState {
             mesh,
             kv,
             node_id,
+            replication,
             registry,
             http_addr,
             admin_addr,
@@ -212,13 +216,18 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
             )
         }
         (&Method::POST, ["v1", "deploy"]) => match state.deployments.deploy(bytes.to_vec()).await {
-            Ok((d, replaced)) => json(
-                StatusCode::OK,
-                &DeployResponse {
-                    component: state.deployments.status(&d),
-                    replaced,
-                },
-            ),
+            Ok((d, replaced)) => {
+                if let Some(r) = &state.replication {
+                    r.published(&d).await;
+                }
+                json(
+                    StatusCode::OK,
+                    &DeployResponse {
+                        component: state.deployments.status(&d),
+                        replaced,
+                    },
+                )
+            }
             Err(e) => {
                 let status = match &e {
                     DeployError::Essence(aether_essence::EssenceError::Untrusted(_)) => {
@@ -241,7 +250,12 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
         },
         (&Method::DELETE, ["v1", "components", name]) => {
             match state.deployments.remove(name).await {
-                Ok(true) => json(StatusCode::OK, &serde_json::json!({ "removed": name })),
+                Ok(true) => {
+                    if let Some(r) = &state.replication {
+                        r.removed(name).await;
+                    }
+                    json(StatusCode::OK, &serde_json::json!({ "removed": name }))
+                }
                 Ok(false) => error(
                     StatusCode::NOT_FOUND,
                     format!("no component named `{name}`"),

@@ -22,6 +22,10 @@ pub struct Deployment {
     pub publisher: PublicKey,
     /// Unix seconds of the deploy.
     pub deployed_at: u64,
+    /// Hex SHA-256 of the essence file (names it across the lattice).
+    pub essence_hash: String,
+    /// Size of the essence file in bytes.
+    pub essence_size: u64,
 }
 
 /// Why a deploy was refused. Nothing changes on the node when it is.
@@ -59,6 +63,12 @@ pub struct Deployments {
     essence_dir: PathBuf,
     current: ArcSwap<Snapshot>,
     writer: tokio::sync::Mutex<()>,
+}
+
+/// Hex SHA-256 of an essence file.
+pub fn essence_hash(essence: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(essence))
 }
 
 fn now_secs() -> u64 {
@@ -126,6 +136,8 @@ impl Deployments {
             component,
             publisher,
             deployed_at: now_secs(),
+            essence_hash: essence_hash(&essence),
+            essence_size: essence.len() as u64,
         });
         let mut by_name = self.current.load().by_name.clone();
         by_name.insert(name.clone(), deployment.clone());
@@ -186,6 +198,27 @@ impl Deployments {
             }
         }
         restored
+    }
+
+    /// `len` bytes of `name`'s stored essence from `offset`, if `name` is
+    /// deployed here with the essence `hash` (peers fetch essences this way).
+    pub fn essence_chunk(
+        &self,
+        name: &str,
+        hash: &str,
+        offset: u64,
+        len: usize,
+    ) -> Option<(Vec<u8>, u64)> {
+        use std::io::{Read as _, Seek as _};
+        let d = self.get(name)?;
+        if d.essence_hash != hash || offset > d.essence_size {
+            return None;
+        }
+        let mut f = std::fs::File::open(self.essence_path(name)).ok()?;
+        f.seek(std::io::SeekFrom::Start(offset)).ok()?;
+        let mut buf = vec![0; len.min((d.essence_size - offset) as usize)];
+        f.read_exact(&mut buf).ok()?;
+        Some((buf, d.essence_size))
     }
 
     fn essence_path(&self, name: &str) -> PathBuf {

@@ -15,6 +15,7 @@ mod ingress;
 mod keyvalue;
 mod kv_api;
 mod load;
+mod replication;
 mod router;
 
 pub use config::{MeshSetup, NodeConfig};
@@ -95,6 +96,14 @@ impl Node {
                 config.data_dir.display()
             );
         }
+        let replication = match &mesh {
+            Some(mesh) => Some(
+                replication::Replication::start(kv.clone(), mesh.clone(), deployments.clone())
+                    .await
+                    .context("following the lattice's deployments")?,
+            ),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let ingress = ingress::IngressThreads::start(
@@ -111,6 +120,7 @@ impl Node {
                 mesh: mesh.clone(),
                 kv: kv.clone(),
                 node_id: node_key.public(),
+                replication,
             },
             http_addr,
             admin_addr,

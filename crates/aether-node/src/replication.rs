@@ -1,0 +1,376 @@
+//! Deployments replicated through the lattice state: deploy once, to any
+//! node, and every node of the lattice runs the component.
+//!
+//! A deploy (or removal) accepted on a node is recorded in the state bucket
+//! [`DEPLOYMENTS_BUCKET`]: key = component name, value = a JSON [`Record`]
+//! naming the essence by its SHA-256. Every node watches the bucket; for a
+//! record whose essence it does not run, it fetches the essence's bytes from
+//! a member that runs it (mesh channel [`CHANNEL_ESSENCES`], in chunks that
+//! fit the transport's frames), checks the hash, then deploys it like any
+//! essence (publisher signature, trust, limits). A tombstone removes the
+//! component everywhere.
+//!
+//! Every node runs every deployment for now; placement (which nodes host
+//! which replicas) will narrow this.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aether_kv::KvHandle;
+use aether_mesh::{MemberStatus, MeshHandle};
+use bytes::Bytes;
+use rand::seq::SliceRandom as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::deployments::{Deployment, Deployments, essence_hash};
+
+/// State bucket of the lattice's deployments.
+pub const DEPLOYMENTS_BUCKET: &str = "sys:deployments";
+/// Mesh channel on which essences are fetched.
+pub const CHANNEL_ESSENCES: u8 = 3;
+/// Bytes of essence per message (well under the 1 MiB frame bound).
+const CHUNK: usize = 512 * 1024;
+/// Largest essence fetched from a peer.
+const MAX_ESSENCE: u64 = 256 << 20;
+/// How long one chunk may take before the fetch tries another member.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
+const TAG_REQUEST: u8 = 1;
+const TAG_CHUNK: u8 = 2;
+const TAG_MISSING: u8 = 3;
+
+/// What the state holds for one deployment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// Component name.
+    pub name: String,
+    /// Hex SHA-256 of the essence file.
+    pub essence_hash: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The publisher key that signed it.
+    pub publisher: String,
+    /// Unix seconds of the deploy.
+    pub deployed_at: u64,
+}
+
+type Pending = Mutex<HashMap<(String, u64), oneshot::Sender<Reply>>>;
+
+enum Reply {
+    Chunk { total: u64, bytes: Bytes },
+    Missing,
+}
+
+/// The replication of one node.
+pub(crate) struct Replication {
+    kv: KvHandle,
+    mesh: MeshHandle,
+    deployments: Arc<Deployments>,
+    pending: Pending,
+}
+
+fn encode_head(tag: u8, name: &str, hash: &str, offset: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 2 + name.len() + 64 + 8);
+    out.push(tag);
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(&offset.to_be_bytes());
+    out
+}
+
+/// Decodes `tag, name, hash, offset` and returns the rest.
+fn decode_head(bytes: &[u8]) -> Option<(u8, String, String, u64, &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let len = usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?));
+    let rest = rest.get(2..)?;
+    if len > 128 {
+        return None;
+    }
+    let name = std::str::from_utf8(rest.get(..len)?).ok()?.to_string();
+    let rest = rest.get(len..)?;
+    let hash = std::str::from_utf8(rest.get(..64)?).ok()?.to_string();
+    if !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let rest = rest.get(64..)?;
+    let offset = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    Some((tag, name, hash, offset, rest.get(8..)?))
+}
+
+impl Replication {
+    /// Starts serving essences to peers and following the deployments
+    /// bucket. Must be called inside a tokio runtime.
+    pub(crate) async fn start(
+        kv: KvHandle,
+        mesh: MeshHandle,
+        deployments: Arc<Deployments>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut incoming = mesh.subscribe(CHANNEL_ESSENCES, 256).await?;
+        let watch = kv.watch(DEPLOYMENTS_BUCKET, b"", 4096).await?;
+        let this = Arc::new(Self {
+            kv,
+            mesh,
+            deployments,
+            pending: Mutex::new(HashMap::new()),
+        });
+        let server = this.clone();
+        tokio::spawn(async move {
+            while let Some(message) = incoming.recv().await {
+                server.on_message(message).await;
+            }
+        });
+        let follower = this.clone();
+        tokio::spawn(async move { follower.follow(watch).await });
+        Ok(this)
+    }
+
+    /// Records a deploy accepted on this node.
+    pub(crate) async fn published(&self, d: &Deployment) {
+        let name = d.component.name().to_string();
+        let record = Record {
+            name: name.clone(),
+            essence_hash: d.essence_hash.clone(),
+            size: d.essence_size,
+            publisher: d.publisher.to_string(),
+            deployed_at: d.deployed_at,
+        };
+        let value = serde_json::to_vec(&record).unwrap_or_default();
+        if let Err(e) = self
+            .kv
+            .put(
+                DEPLOYMENTS_BUCKET,
+                name.as_bytes(),
+                Some(Bytes::from(value)),
+            )
+            .await
+        {
+            tracing::warn!(component = %name, "cannot record the deployment in the lattice state: {e}");
+        }
+    }
+
+    /// Records a removal accepted on this node.
+    pub(crate) async fn removed(&self, name: &str) {
+        if let Err(e) = self.kv.put(DEPLOYMENTS_BUCKET, name.as_bytes(), None).await {
+            tracing::warn!(component = %name, "cannot record the removal in the lattice state: {e}");
+        }
+    }
+
+    async fn on_message(&self, message: aether_transport::Message) {
+        let Some((tag, name, hash, offset, rest)) = decode_head(&message.payload) else {
+            tracing::debug!(peer = %message.from, "malformed essence message dropped");
+            return;
+        };
+        match tag {
+            TAG_REQUEST => {
+                let reply = match self.deployments.essence_chunk(&name, &hash, offset, CHUNK) {
+                    Some((bytes, total)) => {
+                        let mut out = encode_head(TAG_CHUNK, &name, &hash, offset);
+                        out.extend_from_slice(&total.to_be_bytes());
+                        out.extend_from_slice(&bytes);
+                        out
+                    }
+                    None => encode_head(TAG_MISSING, &name, &hash, offset),
+                };
+                let endpoint = self.mesh.endpoint().clone();
+                if let Err(e) = endpoint.send(&message.from, CHANNEL_ESSENCES, &reply).await {
+                    tracing::debug!(peer = %message.from, "essence chunk not sent: {e}");
+                }
+            }
+            TAG_CHUNK | TAG_MISSING => {
+                let waiter = self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(hash, offset));
+                let Some(waiter) = waiter else {
+                    return;
+                };
+                let reply = if tag == TAG_MISSING {
+                    Reply::Missing
+                } else {
+                    let Some(total) = rest
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                    else {
+                        return;
+                    };
+                    Reply::Chunk {
+                        total,
+                        bytes: Bytes::copy_from_slice(&rest[8..]),
+                    }
+                };
+                let _ = waiter.send(reply);
+            }
+            _ => {}
+        }
+    }
+
+    /// Follows the deployments bucket: first what it holds, then each change.
+    async fn follow(self: Arc<Self>, mut watch: tokio::sync::mpsc::Receiver<aether_kv::Change>) {
+        // Deployments this node ran before it (re)joined.
+        for d in self.deployments.list() {
+            let name = d.component.name().to_string();
+            match self.kv.get(DEPLOYMENTS_BUCKET, name.as_bytes()).await {
+                Ok(Some(entry)) if entry.value().is_none() => {
+                    tracing::info!(component = %name, "removed from the lattice while this node was away");
+                    let _ = self.deployments.remove(&name).await;
+                }
+                Ok(None) => self.published(&d).await,
+                _ => {}
+            }
+        }
+        if let Ok(entries) = self.kv.list(DEPLOYMENTS_BUCKET, b"", 100_000).await {
+            for entry in entries {
+                self.apply(entry.winner().key(), entry.value()).await;
+            }
+        }
+        while let Some(change) = watch.recv().await {
+            let update = change.update;
+            self.apply(update.key(), update.value()).await;
+        }
+        tracing::warn!(
+            "stopped following the lattice's deployments (the watch lagged or the state stopped)"
+        );
+    }
+
+    async fn apply(&self, key: &[u8], value: Option<&Bytes>) {
+        let name = String::from_utf8_lossy(key).into_owned();
+        let Some(value) = value else {
+            if self.deployments.get(&name).is_some() {
+                match self.deployments.remove(&name).await {
+                    Ok(_) => tracing::info!(component = %name, "removed (the lattice removed it)"),
+                    Err(e) => tracing::warn!(component = %name, "cannot remove: {e}"),
+                }
+            }
+            return;
+        };
+        let record: Record = match serde_json::from_slice(value) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(component = %name, "unreadable deployment record: {e}");
+                return;
+            }
+        };
+        if self
+            .deployments
+            .get(&name)
+            .is_some_and(|d| d.essence_hash == record.essence_hash)
+        {
+            return;
+        }
+        if record.size > MAX_ESSENCE {
+            tracing::warn!(component = %name, size = record.size, "deployment too large to fetch");
+            return;
+        }
+        match self.fetch(&record).await {
+            Some(bytes) => match self.deployments.deploy(bytes).await {
+                Ok((d, _)) => tracing::info!(
+                    component = %name,
+                    hash = %d.essence_hash,
+                    "deployed from the lattice"
+                ),
+                Err(e) => {
+                    tracing::warn!(component = %name, "the lattice's deployment is refused here: {e}")
+                }
+            },
+            None => tracing::warn!(
+                component = %name,
+                essence = %record.essence_hash,
+                "no member could send the essence; will retry when the deployment changes or the node restarts"
+            ),
+        }
+    }
+
+    /// Fetches a record's essence from the live members, one after another,
+    /// until one sends all of it with the right hash.
+    async fn fetch(&self, record: &Record) -> Option<Vec<u8>> {
+        for _attempt in 0..5 {
+            let mut peers: Vec<_> = self
+                .mesh
+                .members()
+                .await
+                .ok()?
+                .into_iter()
+                .filter(|m| !m.is_self && m.status == MemberStatus::Alive)
+                .collect();
+            peers.shuffle(&mut rand::thread_rng());
+            for peer in peers {
+                if let Some(bytes) = self.fetch_from(peer.id, peer.mesh_addr, record).await {
+                    if essence_hash(&bytes) == record.essence_hash {
+                        return Some(bytes);
+                    }
+                    tracing::warn!(peer = %peer.id, component = %record.name, "a member sent an essence with the wrong hash");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        None
+    }
+
+    async fn fetch_from(
+        &self,
+        peer: aether_identity::PublicKey,
+        addr: std::net::SocketAddr,
+        record: &Record,
+    ) -> Option<Vec<u8>> {
+        let endpoint = self.mesh.endpoint().clone();
+        endpoint.connect(addr, Some(peer)).await.ok()?;
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let offset = out.len() as u64;
+            let (tx, rx) = oneshot::channel();
+            self.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((record.essence_hash.clone(), offset), tx);
+            let request = encode_head(TAG_REQUEST, &record.name, &record.essence_hash, offset);
+            if endpoint
+                .send(&peer, CHANNEL_ESSENCES, &request)
+                .await
+                .is_err()
+            {
+                return None;
+            }
+            let reply = tokio::time::timeout(CHUNK_TIMEOUT, rx).await.ok()?.ok()?;
+            match reply {
+                Reply::Missing => return None,
+                Reply::Chunk { total, bytes } => {
+                    if total != record.size || bytes.is_empty() && offset < total {
+                        return None;
+                    }
+                    out.extend_from_slice(&bytes);
+                    if out.len() as u64 >= total {
+                        out.truncate(total as usize);
+                        return Some(out);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_heads_round_trip_and_garbage_is_refused() {
+        let hash = "ab".repeat(32);
+        let bytes = encode_head(TAG_REQUEST, "hello", &hash, 1 << 40);
+        let (tag, name, h, offset, rest) = decode_head(&bytes).expect("decodes");
+        assert_eq!(
+            (tag, name.as_str(), h.as_str(), offset, rest),
+            (TAG_REQUEST, "hello", hash.as_str(), 1 << 40, &[][..])
+        );
+        for cut in 0..bytes.len() {
+            assert!(decode_head(&bytes[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut bad = bytes.clone();
+        bad[1 + 2 + 5] = b'z';
+        assert!(decode_head(&bad).is_none(), "non-hex hash");
+    }
+}

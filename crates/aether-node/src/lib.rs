@@ -19,7 +19,7 @@ mod replication;
 mod router;
 
 pub use config::{MeshSetup, NodeConfig};
-pub use deployments::{DeployError, Deployments};
+pub use deployments::{DeployError, Deployment, Deployments};
 pub use router::{RouteConflict, RouteTable, route_text};
 
 use std::net::SocketAddr;
@@ -43,6 +43,7 @@ pub struct NodeHandle {
     deployments: Arc<Deployments>,
     mesh: Option<aether_mesh::MeshHandle>,
     kv: aether_kv::KvHandle,
+    replication: Option<Arc<replication::Replication>>,
     load_task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -96,7 +97,7 @@ impl Node {
                 config.data_dir.display()
             );
         }
-        let replication = match &mesh {
+        let replication: Option<Arc<replication::Replication>> = match &mesh {
             Some(mesh) => Some(
                 replication::Replication::start(kv.clone(), mesh.clone(), deployments.clone())
                     .await
@@ -120,7 +121,7 @@ impl Node {
                 mesh: mesh.clone(),
                 kv: kv.clone(),
                 node_id: node_key.public(),
-                replication,
+                replication: replication.clone(),
             },
             http_addr,
             admin_addr,
@@ -142,6 +143,7 @@ impl Node {
             deployments,
             mesh,
             kv,
+            replication,
             load_task,
         })
     }
@@ -256,6 +258,19 @@ impl NodeHandle {
     /// The deployments of this node (for in-process callers such as `alkahest up`).
     pub fn deployments(&self) -> &Arc<Deployments> {
         &self.deployments
+    }
+
+    /// Deploys an essence here and, in a lattice, records it so every node
+    /// runs it (what `POST /v1/deploy` does).
+    pub async fn deploy(
+        &self,
+        essence: Vec<u8>,
+    ) -> Result<(Arc<Deployment>, bool), DeployError> {
+        let (d, replaced) = self.deployments.deploy(essence).await?;
+        if let Some(r) = &self.replication {
+            r.published(&d).await;
+        }
+        Ok((d, replaced))
     }
 
     /// The node's replica of the lattice state.

@@ -42,7 +42,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             admin_listen,
             no_build,
-        } => up(&home, &dir, listen, admin_listen, no_build).await,
+            nodes,
+        } => {
+            if nodes > 1 {
+                up_lattice(&home, &dir, listen, no_build, usize::from(nodes)).await
+            } else {
+                up(&home, &dir, listen, admin_listen, no_build).await
+            }
+        }
         Command::Seal {
             dir,
             output,
@@ -479,6 +486,170 @@ async fn up(
     echo.abort();
     let admin = node.admin_addr().to_string();
     node.shutdown().await;
+    if std::fs::read_to_string(home.node_file()).is_ok_and(|t| t.trim() == admin) {
+        let _ = std::fs::remove_file(home.node_file());
+    }
+    eprintln!("Stopped");
+    Ok(())
+}
+
+/// The admin address `up` uses on `ip`: port 7070 when free there, else any.
+fn admin_addr_on(ip: std::net::IpAddr) -> SocketAddr {
+    let preferred = SocketAddr::new(ip, aether_admin::DEFAULT_ADMIN_PORT);
+    if std::net::TcpListener::bind(preferred).is_ok() {
+        preferred
+    } else {
+        SocketAddr::new(ip, 0)
+    }
+}
+
+/// `alkahest up --nodes N`: N in-process nodes on consecutive loopback
+/// addresses, joined in one lattice; the component is deployed once, through
+/// the first node, and every node serves it.
+async fn up_lattice(
+    home: &Home,
+    dir: &Path,
+    listen: SocketAddr,
+    no_build: bool,
+    count: usize,
+) -> anyhow::Result<()> {
+    use aether_identity::{Invite, InviteConstraints, LatticeId};
+    let std::net::IpAddr::V4(first_ip) = listen.ip() else {
+        anyhow::bail!("--nodes needs an IPv4 --listen address (nodes take consecutive addresses)");
+    };
+    let project = Project::load(dir)?;
+    if !home.is_initialised() {
+        let outcome = home.init().context("creating the lattice keys")?;
+        eprintln!(
+            "Created lattice keys in {} (root {})",
+            home.dir().display(),
+            outcome.root
+        );
+    }
+    let essence = seal(home, &project, no_build)?;
+    let root = home.root_key()?;
+    let publisher = publisher_key(home)?.public();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let invite = Invite::issue(
+        &root,
+        LatticeId::of_root(&root.public()),
+        InviteConstraints::default(),
+        now + 3600,
+        false,
+        now,
+    )?;
+    // Fresh data directories: a local lattice starts empty every time.
+    let scratch = tempfile::Builder::new()
+        .prefix("alkahest-up-")
+        .tempdir()
+        .context("creating the nodes' data directories")?;
+    let bar = spinner(&format!("Starting {count} nodes"));
+    let mut nodes: Vec<aether_node::NodeHandle> = Vec::new();
+    let mut seed_mesh = None;
+    for i in 0..count {
+        let ip = std::net::Ipv4Addr::from(u32::from(first_ip).wrapping_add(i as u32));
+        let mut config = NodeConfig::new(scratch.path().join(format!("node-{}", i + 1)));
+        config.restore = false;
+        config.cache_dir = Some(home.dir().join("compile-cache"));
+        config.http_addr = SocketAddr::new(ip.into(), listen.port());
+        config.admin_addr = admin_addr_on(ip.into());
+        config.admin_keys = [root.public()].into_iter().collect();
+        config.publishers = [publisher].into_iter().collect::<TrustedKeys>();
+        let mut mesh = aether_mesh::MeshConfig::new(
+            config.data_dir.clone(),
+            SocketAddr::new(ip.into(), aether_mesh::DEFAULT_MESH_PORT),
+        );
+        mesh.join = seed_mesh.into_iter().collect();
+        config.mesh = Some(aether_node::MeshSetup {
+            config: mesh,
+            invite: (i > 0).then(|| invite.clone()),
+            root_key: (i == 0).then(|| root.clone()),
+            region: None,
+            labels: Vec::new(),
+        });
+        match Node::start(config).await {
+            Ok(node) => {
+                if seed_mesh.is_none() {
+                    seed_mesh = node.mesh().map(|m| m.local_addr());
+                }
+                nodes.push(node);
+            }
+            Err(e) => {
+                bar.finish_and_clear();
+                for node in nodes {
+                    node.shutdown().await;
+                }
+                return Err(e.context(format!("starting node {} on {ip}", i + 1)));
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let bar = spinner(&format!(
+        "Deploying {} to the lattice",
+        project.manifest.name
+    ));
+    let started = Instant::now();
+    let deployed = nodes[0].deploy(essence).await;
+    let result = match deployed {
+        Ok((d, _)) => {
+            let name = d.component.name().to_string();
+            let hash = d.essence_hash.clone();
+            let deadline = Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let ready = nodes.iter().all(|n| {
+                    n.deployments()
+                        .get(&name)
+                        .is_some_and(|x| x.essence_hash == hash)
+                });
+                if ready || Instant::now() > deadline {
+                    break Ok((d, ready));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        Err(e) => Err(e),
+    };
+    bar.finish_and_clear();
+    let (deployment, all_ready) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            for node in nodes {
+                node.shutdown().await;
+            }
+            return Err(e.into());
+        }
+    };
+    let status = nodes[0].deployments().status(&deployment);
+    let _ = std::fs::write(home.node_file(), nodes[0].admin_addr().to_string());
+    println!(
+        "Serving {} on a local lattice of {count} nodes (deployed once, on every node after {} ms):",
+        status.name,
+        started.elapsed().as_millis()
+    );
+    if !all_ready {
+        eprintln!("warning: not every node had the component after 60 s; see their logs");
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        println!(
+            "  node {}: http://{}/  (admin {})",
+            i + 1,
+            node.http_addr(),
+            node.admin_addr()
+        );
+    }
+    println!(
+        "`alkahest nodes` lists the members; `alkahest logs {}` shows node 1's output. Press Ctrl-C to stop.",
+        status.name
+    );
+    aether_node::shutdown_signal().await;
+    eprintln!("Stopping {count} nodes");
+    let admin = nodes[0].admin_addr().to_string();
+    for node in nodes.into_iter().rev() {
+        node.shutdown().await;
+    }
     if std::fs::read_to_string(home.node_file()).is_ok_and(|t| t.trim() == admin) {
         let _ = std::fs::remove_file(home.node_file());
     }

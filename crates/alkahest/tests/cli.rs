@@ -140,16 +140,23 @@ fn collect(
 impl Up {
     /// Spawns `alkahest up DIR --listen LISTEN [--admin-listen ADMIN]`.
     fn spawn(home: &Path, dir: &Path, listen: SocketAddr, admin: Option<SocketAddr>) -> Self {
+        let mut extra = Vec::new();
+        if let Some(admin) = admin {
+            extra = vec!["--admin-listen".to_string(), admin.to_string()];
+        }
+        Self::spawn_with(home, dir, listen, &extra)
+    }
+
+    /// Spawns `alkahest up DIR --listen LISTEN EXTRA...`.
+    fn spawn_with(home: &Path, dir: &Path, listen: SocketAddr, extra: &[String]) -> Self {
         let mut cmd = alkahest(home);
         cmd.arg("up")
             .arg(dir)
             .arg("--listen")
             .arg(listen.to_string())
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        if let Some(admin) = admin {
-            cmd.arg("--admin-listen").arg(admin.to_string());
-        }
         let mut child = cmd.spawn().expect("spawning alkahest up");
         let (tx, lines) = channel();
         let stdout = collect(child.stdout.take().expect("stdout pipe"), Some(tx));
@@ -740,4 +747,37 @@ fn invite_prints_a_root_signed_token_with_its_constraints() {
     let none = run(alkahest(stranger.path()).args(["invite"]));
     assert!(!none.status.success());
     assert!(stderr(&none).contains("lattice init"), "{}", stderr(&none));
+}
+
+/// `up --nodes 3`: a local lattice from one command; every node serves the
+/// component deployed once; Ctrl-C stops them all.
+#[test]
+fn up_with_three_nodes_serves_from_every_node() {
+    let home = tempfile::tempdir().expect("home");
+    let dir = home.path();
+    assert!(lattice_init(dir).status.success());
+    project(dir, "hello-wstd");
+    let port = free_ports::<1>()[0];
+    let listen = SocketAddr::from(([127, 0, 0, 221], port));
+    let mut up = Up::spawn_with(dir, dir, listen, &["--nodes".to_string(), "3".to_string()]);
+    let serving = up.wait_serving(UP_TIMEOUT);
+    assert!(serving.contains("local lattice of 3 nodes"), "{serving}");
+    for last in 221..=223u8 {
+        let addr = SocketAddr::from(([127, 0, 0, last], port));
+        let (status, body) = get(addr, "/");
+        assert_eq!(status, 200, "node {addr}: {body}\n{}", up.output());
+    }
+    let out = run(alkahest(dir).args(["nodes", "--json"]));
+    assert!(out.status.success(), "nodes failed: {}", stderr(&out));
+    let nodes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let alive = nodes
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|m| m["state"] == "alive")
+        .count();
+    assert_eq!(alive, 3, "{nodes:#}");
+    up.signal("-INT");
+    let status = up.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "{}", up.output());
 }

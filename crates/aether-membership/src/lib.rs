@@ -166,6 +166,25 @@ const TAG_META_REQ: u8 = 3;
 const TAG_META_RESP: u8 = 4;
 const TAG_LEAVE: u8 = 5;
 
+/// The sender a datagram names (`None` when it names none or does not
+/// decode; [`Membership::handle_data`] then judges it).
+fn claimed_sender(data: &[u8]) -> Result<Option<NodeId>, DecodeError> {
+    let Some((&tag, mut rest)) = data.split_first() else {
+        return Ok(None);
+    };
+    Ok(match tag {
+        TAG_SWIM => foca::Codec::decode_header(&mut wire::WireCodec, &mut rest)
+            .ok()
+            .map(|h| h.src.id),
+        TAG_PING | TAG_ACK | TAG_META_REQ | TAG_LEAVE => Some(wire::get_identity(&mut rest)?.id),
+        TAG_META_RESP => match metadata::Item::decode(rest) {
+            Ok(metadata::Item::Meta(record)) => Some(record.identity.id),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
 /// A node's id: its ed25519 public key bytes (opaque to this crate).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub [u8; 32]);
@@ -404,6 +423,14 @@ pub enum Error {
     /// This node has left; create a new `Membership` to join again.
     #[error("this node has left the cluster")]
     Left,
+    /// The datagram claims another sender than the one the transport proved.
+    #[error("datagram from {actual} claims to come from {claimed}")]
+    Impersonation {
+        /// The sender named inside the datagram.
+        claimed: NodeId,
+        /// The sender the transport authenticated.
+        actual: NodeId,
+    },
 }
 
 #[derive(Debug)]
@@ -823,6 +850,32 @@ impl Membership {
 
     fn my_version(&self) -> u64 {
         (u64::from(self.identity.bump) << 32) | u64::from(self.meta_seq)
+    }
+
+    /// [`handle_data`](Self::handle_data) for a datagram whose sender the
+    /// transport authenticated as `sender`: a datagram naming another sender
+    /// (for SWIM packets, the header's source; for pings, acks, metadata and
+    /// leave notices, the identity they carry) is refused and counted, so an
+    /// admitted node cannot speak in another's name. Relayed gossip about
+    /// other members inside a packet is still accepted, as SWIM requires.
+    pub fn handle_data_from(
+        &mut self,
+        sender: NodeId,
+        data: &[u8],
+        now: Duration,
+    ) -> Result<(), Error> {
+        match claimed_sender(data) {
+            Ok(Some(claimed)) if claimed != sender => {
+                self.stats.datagrams_in += 1;
+                self.stats.bytes_in += data.len() as u64;
+                self.stats.errors += 1;
+                Err(Error::Impersonation {
+                    claimed,
+                    actual: sender,
+                })
+            }
+            _ => self.handle_data(data, now),
+        }
     }
 
     /// Handle one datagram received from the network.
@@ -1521,6 +1574,45 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datagram_naming_another_sender_than_the_authenticated_one_is_refused() {
+        let a_id = NodeId([1; 32]);
+        let b_id = NodeId([2; 32]);
+        let addr = |p| SocketAddr::from(([127, 0, 0, 1], p));
+        let now = Duration::from_secs(1);
+        let mut a = Membership::new(
+            Identity::new(a_id, addr(1)),
+            Metadata::default(),
+            Config::lan(5),
+            1,
+            Duration::ZERO,
+        )
+        .expect("a");
+        let mut b = Membership::new(
+            Identity::new(b_id, addr(2)),
+            Metadata::default(),
+            Config::lan(5),
+            2,
+            Duration::ZERO,
+        )
+        .expect("b");
+        a.join(addr(2), now).expect("join");
+        let announce = a.poll_transmit().expect("an announce").data;
+        let forged = b.handle_data_from(NodeId([3; 32]), &announce, now);
+        assert!(
+            matches!(forged, Err(Error::Impersonation { claimed, actual }) if claimed == a_id && actual == NodeId([3; 32])),
+            "{forged:?}"
+        );
+        assert_eq!(b.stats().errors, 1);
+        assert!(
+            b.members().is_empty(),
+            "nothing learnt from the forged datagram"
+        );
+        b.handle_data_from(a_id, &announce, now)
+            .expect("the real sender");
+        assert_eq!(b.stats().errors, 1);
+    }
 
     #[test]
     fn membership_is_send() {

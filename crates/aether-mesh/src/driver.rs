@@ -270,7 +270,11 @@ impl Driver {
         match message.channel {
             CHANNEL_MEMBERSHIP => {
                 let now = self.now();
-                if let Err(e) = self.membership.handle_data(&message.payload, now) {
+                let sender = to_member_id(&message.from);
+                if let Err(e) = self
+                    .membership
+                    .handle_data_from(sender, &message.payload, now)
+                {
                     tracing::debug!(peer = %message.from, "membership message refused: {e}");
                 }
             }

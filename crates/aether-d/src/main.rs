@@ -69,7 +69,8 @@ struct Args {
     #[arg(long)]
     advertise: Option<SocketAddr>,
     /// Join the lattice through a member's mesh address (HOST:PORT; the port
-    /// defaults to 7946). Repeatable.
+    /// defaults to 7946; with another port, HOST:7946 is tried as well).
+    /// Repeatable.
     #[arg(long, value_name = "ADDR")]
     join: Vec<String>,
     /// Invite from `alkahest invite`, used on the first start to admit this
@@ -216,11 +217,18 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(SocketAddr::new(args.bind, args.mesh_port));
         let mut mesh = aether_mesh::MeshConfig::new(args.data_dir.clone(), listen);
         mesh.advertise = args.advertise;
-        mesh.join = args
-            .join
-            .iter()
-            .map(|j| parse_join(j))
-            .collect::<anyhow::Result<_>>()?;
+        for text in &args.join {
+            let addr = parse_join(text)?;
+            mesh.join.push(addr);
+            // Given another port of a node (its admin or HTTP port, say), also try
+            // the default mesh port on that host: only members of this lattice
+            // pass the handshake, so a wrong guess costs nothing.
+            if addr.port() != aether_mesh::DEFAULT_MESH_PORT {
+                mesh.join
+                    .push(SocketAddr::new(addr.ip(), aether_mesh::DEFAULT_MESH_PORT));
+            }
+        }
+        mesh.join.dedup();
         config.mesh = Some(aether_node::MeshSetup {
             config: mesh,
             invite,

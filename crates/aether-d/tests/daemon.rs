@@ -17,6 +17,7 @@ mod common;
 use aether_admin::client::{AdminClient, ClientError};
 use aether_identity::SecretKey;
 use bytes::Bytes;
+use common::cluster::fixture;
 use common::http::{HttpResponse, request, try_request};
 use common::{block_on, capture};
 use http::{Method, StatusCode};
@@ -27,18 +28,6 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 // ---------------------------------------------------------------------------
 // Fixtures and essences
 // ---------------------------------------------------------------------------
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/fixtures")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "test fixture {} is missing ({e}); run scripts/build-fixtures.sh first",
-            path.display()
-        )
-    })
-}
 
 fn manifest(text: &str) -> aether_manifest::Manifest {
     aether_manifest::parse(text, "Aetherfile")

@@ -402,13 +402,9 @@ fn format_time(ms: u64) -> String {
     format!("{h:02}:{m:02}:{s:02}.{:03}Z", ms % 1000)
 }
 
-async fn up(
-    home: &Home,
-    dir: &Path,
-    listen: SocketAddr,
-    admin_listen: Option<SocketAddr>,
-    no_build: bool,
-) -> anyhow::Result<()> {
+/// What `up` needs first: the project, the lattice keys (created when
+/// missing) and the sealed essence.
+fn project_for_up(home: &Home, dir: &Path, no_build: bool) -> anyhow::Result<(Project, Vec<u8>)> {
     let project = Project::load(dir)?;
     if !home.is_initialised() {
         let outcome = home.init().context("creating the lattice keys")?;
@@ -419,6 +415,17 @@ async fn up(
         );
     }
     let essence = seal(home, &project, no_build)?;
+    Ok((project, essence))
+}
+
+async fn up(
+    home: &Home,
+    dir: &Path,
+    listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
+    no_build: bool,
+) -> anyhow::Result<()> {
+    let (project, essence) = project_for_up(home, dir, no_build)?;
 
     let data_dir = home
         .dir()
@@ -517,16 +524,7 @@ async fn up_lattice(
     let std::net::IpAddr::V4(first_ip) = listen.ip() else {
         anyhow::bail!("--nodes needs an IPv4 --listen address (nodes take consecutive addresses)");
     };
-    let project = Project::load(dir)?;
-    if !home.is_initialised() {
-        let outcome = home.init().context("creating the lattice keys")?;
-        eprintln!(
-            "Created lattice keys in {} (root {})",
-            home.dir().display(),
-            outcome.root
-        );
-    }
-    let essence = seal(home, &project, no_build)?;
+    let (project, essence) = project_for_up(home, dir, no_build)?;
     let root = home.root_key()?;
     let publisher = publisher_key(home)?.public();
     let now = std::time::SystemTime::now()

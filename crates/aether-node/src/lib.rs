@@ -262,10 +262,7 @@ impl NodeHandle {
 
     /// Deploys an essence here and, in a lattice, records it so every node
     /// runs it (what `POST /v1/deploy` does).
-    pub async fn deploy(
-        &self,
-        essence: Vec<u8>,
-    ) -> Result<(Arc<Deployment>, bool), DeployError> {
+    pub async fn deploy(&self, essence: Vec<u8>) -> Result<(Arc<Deployment>, bool), DeployError> {
         let (d, replaced) = self.deployments.deploy(essence).await?;
         if let Some(r) = &self.replication {
             r.published(&d).await;

@@ -718,3 +718,41 @@ fn traps_and_runaway_loops_are_contained_and_logged() {
     node.wait_stderr("component `probe` stopped: request deadline exceeded");
     assert_eq!(node.get("/").body, "probe ok");
 }
+
+#[test]
+fn a_min_zero_component_scales_to_zero_and_the_first_request_activates_it() {
+    let setup = Setup::new(21);
+    let node = setup.start();
+    node.deploy_ok(seal(
+        &aetherfile(
+            "sleepy",
+            &["/"],
+            "[intent]\nreplicas = { min = 0, max = 1 }\nidle_timeout = \"1s\"\n",
+        ),
+        &fixture("hello"),
+        &setup.publisher,
+    ));
+    assert_eq!(node.get("/").status, 200);
+    let state = || {
+        node.admin_json(Method::GET, "/v1/components/sleepy", Vec::new())
+            .expect("status")["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while state() != "scaled-to-zero" {
+        assert!(Instant::now() < deadline, "never scaled to zero");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The first request waits for the activation (compiled code cached) and succeeds.
+    let started = Instant::now();
+    let resp = node.get("/");
+    let took = started.elapsed();
+    assert_eq!(
+        (resp.status, resp.body.as_str()),
+        (200, "Hello from Aether!\n")
+    );
+    assert_eq!(state(), "running");
+    eprintln!("activation from zero, first request: {took:?}");
+}

@@ -257,7 +257,12 @@ impl Deployments {
             content_hash: c.content_hash().to_string(),
             publisher: d.publisher.to_string(),
             routes: m.http.routes.iter().map(route_text).collect(),
-            state: "running".into(),
+            state: if c.is_active() {
+                "running"
+            } else {
+                "scaled-to-zero"
+            }
+            .into(),
             instances: c.running_instances(),
             max_concurrency: m.limits.max_concurrency,
             requests,

@@ -45,6 +45,7 @@ pub struct NodeHandle {
     kv: aether_kv::KvHandle,
     replication: Option<Arc<replication::Replication>>,
     load_task: Option<tokio::task::JoinHandle<()>>,
+    idle_task: tokio::task::JoinHandle<()>,
 }
 
 impl Node {
@@ -106,6 +107,19 @@ impl Node {
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        // Components that may scale to zero are unloaded once idle long enough.
+        let idle_task = {
+            let deployments = deployments.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    for d in deployments.list() {
+                        d.component.scale_to_zero_if_idle();
+                    }
+                }
+            })
+        };
 
         let ingress = ingress::IngressThreads::start(
             http_listener,
@@ -145,6 +159,7 @@ impl Node {
             kv,
             replication,
             load_task,
+            idle_task,
         })
     }
 }
@@ -286,6 +301,7 @@ impl NodeHandle {
         if let Some(task) = &self.load_task {
             task.abort();
         }
+        self.idle_task.abort();
         if let Some(mesh) = &self.mesh {
             mesh.leave(std::time::Duration::from_secs(3)).await;
         }

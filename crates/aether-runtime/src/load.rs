@@ -90,7 +90,15 @@ pub(crate) struct ComponentInner {
     pub(crate) stats: ComponentMetrics,
     pub(crate) hash: String,
     pub(crate) runtime: Runtime,
-    pub(crate) pre: ProxyPre<HostState>,
+    /// The pre-instantiated component; `None` while scaled to zero.
+    pub(crate) pre: arc_swap::ArcSwapOption<ProxyPre<HostState>>,
+    /// For components that may scale to zero (`replicas.min = 0`): how long
+    /// they may stay idle, and the bytes to activate them again.
+    pub(crate) idle: Option<IdlePolicy>,
+    /// When a request last arrived, in ms since [`clock_start`].
+    pub(crate) last_used_ms: std::sync::atomic::AtomicU64,
+    /// Serialises activations from zero.
+    pub(crate) activating: tokio::sync::Mutex<()>,
     pub(crate) manifest: Manifest,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) config: Arc<WasiConfigVariables>,
@@ -102,7 +110,70 @@ pub(crate) struct ComponentInner {
     pub(crate) activation: Duration,
 }
 
+/// Default idle period before a `replicas.min = 0` component scales to zero.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Scale-to-zero settings of one component.
+pub(crate) struct IdlePolicy {
+    pub(crate) timeout: Duration,
+    pub(crate) wasm: Arc<[u8]>,
+}
+
+/// The process-wide instant request times are measured from.
+pub(crate) fn clock_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    clock_start().elapsed().as_millis() as u64
+}
+
 impl Runtime {
+    /// Compiles (or loads from the cache), checks imports, links and
+    /// pre-instantiates one component.
+    fn prepare(
+        &self,
+        name: &str,
+        hash: &str,
+        wasm: &[u8],
+        metered: bool,
+    ) -> Result<(ProxyPre<HostState>, CacheOutcome), LoadError> {
+        let invalid = |reason: String| LoadError::Invalid {
+            name: name.to_string(),
+            reason,
+        };
+        let engine = self
+            .engine_for(metered)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let (component, cache) = self
+            .inner
+            .cache
+            .get_or_compile(engine, hash, wasm, name)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        match cache {
+            CacheOutcome::Hit => self.inner.metrics.cache_hits.inc(),
+            CacheOutcome::Miss | CacheOutcome::Uncached => self.inner.metrics.cache_misses.inc(),
+        };
+        let missing = missing_imports(&component, engine);
+        if !missing.is_empty() {
+            return Err(LoadError::MissingImports {
+                name: name.to_string(),
+                missing,
+            });
+        }
+        let mut linker = Linker::<HostState>::new(engine);
+        host::link(&mut linker).map_err(|e| invalid(format!("linking host interfaces: {e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| invalid(format!("{e:#}")))?;
+        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp {
+            name: name.to_string(),
+            reason: format!("{e:#}"),
+        })?;
+        Ok((pre, cache))
+    }
+
     /// Validates, compiles (or loads from the cache) and pre-instantiates a
     /// component. Blocking: call from a blocking-capable context for large
     /// components that may need compiling.
@@ -123,42 +194,7 @@ impl Runtime {
         check_header(&name, wasm)?;
         let hash = content_hash(wasm);
         let metered = manifest.limits.fuel.is_some();
-        let engine = self.engine_for(metered).map_err(|e| LoadError::Invalid {
-            name: name.clone(),
-            reason: format!("{e:#}"),
-        })?;
-        let (component, cache) = self
-            .inner
-            .cache
-            .get_or_compile(engine, &hash, wasm, &name)
-            .map_err(|e| LoadError::Invalid {
-                name: name.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        match cache {
-            CacheOutcome::Hit => self.inner.metrics.cache_hits.inc(),
-            CacheOutcome::Miss | CacheOutcome::Uncached => self.inner.metrics.cache_misses.inc(),
-        };
-
-        let missing = missing_imports(&component, engine);
-        if !missing.is_empty() {
-            return Err(LoadError::MissingImports { name, missing });
-        }
-        let mut linker = Linker::<HostState>::new(engine);
-        host::link(&mut linker).map_err(|e| LoadError::Invalid {
-            name: name.clone(),
-            reason: format!("linking host interfaces: {e:#}"),
-        })?;
-        let instance_pre = linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::Invalid {
-                name: name.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        let pre = ProxyPre::new(instance_pre).map_err(|e| LoadError::NotHttp {
-            name: name.clone(),
-            reason: format!("{e:#}"),
-        })?;
+        let (pre, cache) = self.prepare(&name, &hash, wasm, metered)?;
 
         let mut env: Vec<(String, String)> = manifest
             .env
@@ -214,7 +250,20 @@ impl Runtime {
                 stats,
                 hash,
                 runtime: self.clone(),
-                pre,
+                pre: arc_swap::ArcSwapOption::from_pointee(pre),
+                idle: matches!(
+                    manifest.intent.replicas,
+                    aether_manifest::Replicas::Range { min: 0, .. }
+                )
+                .then(|| IdlePolicy {
+                    timeout: manifest
+                        .intent
+                        .idle_timeout
+                        .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
+                    wasm: wasm.into(),
+                }),
+                last_used_ms: std::sync::atomic::AtomicU64::new(now_ms()),
+                activating: tokio::sync::Mutex::new(()),
                 env,
                 config: Arc::new(config),
                 outbound: Arc::new(OutboundPolicy::new(&manifest.capabilities.outbound_http)),
@@ -258,6 +307,100 @@ impl LoadedComponent {
     /// How long loading took (compile or cache load, link, pre-instantiate).
     pub fn activation_time(&self) -> Duration {
         self.inner.activation
+    }
+
+    /// Whether it is loaded (`false` while scaled to zero).
+    pub fn is_active(&self) -> bool {
+        self.inner.pre.load().is_some()
+    }
+
+    /// Whether it may scale to zero (`replicas.min = 0`), and after how long idle.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.inner.idle.as_ref().map(|i| i.timeout)
+    }
+
+    /// Unloads it (keeping what is needed to activate it again) when it may
+    /// scale to zero, runs no instance and has been idle for its idle
+    /// period; returns whether it did. The next request activates it.
+    pub fn scale_to_zero_if_idle(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let c = &self.inner;
+        let Some(idle) = &c.idle else {
+            return false;
+        };
+        let idle_for = now_ms().saturating_sub(c.last_used_ms.load(Ordering::Relaxed));
+        if !self.is_active()
+            || self.running_instances() > 0
+            || u128::from(idle_for) < idle.timeout.as_millis()
+        {
+            return false;
+        }
+        c.pre.store(None);
+        c.logs.push(
+            LogStream::Host,
+            format!(
+                "scaled {} to zero after {:.0} s idle; the next request activates it",
+                c.name,
+                idle_for as f64 / 1000.0
+            ),
+        );
+        tracing::info!(component = %c.name, "scaled to zero after {idle_for} ms idle");
+        true
+    }
+
+    /// The pre-instantiated component, activating it first when it was
+    /// scaled to zero (from the compile cache: no recompilation).
+    pub(crate) async fn active_pre(&self) -> Result<Arc<ProxyPre<HostState>>, LoadError> {
+        let c = &self.inner;
+        c.last_used_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+        if let Some(pre) = c.pre.load_full() {
+            return Ok(pre);
+        }
+        let _guard = c.activating.lock().await;
+        if let Some(pre) = c.pre.load_full() {
+            return Ok(pre);
+        }
+        let Some(idle) = &c.idle else {
+            return Err(LoadError::Invalid {
+                name: c.name.to_string(),
+                reason: "unloaded without a way to activate it".into(),
+            });
+        };
+        let started = Instant::now();
+        let runtime = c.runtime.clone();
+        let (name, hash, wasm) = (c.name.to_string(), c.hash.clone(), idle.wasm.clone());
+        let metered = c.manifest.limits.fuel.is_some();
+        let (pre, cache) =
+            tokio::task::spawn_blocking(move || runtime.prepare(&name, &hash, &wasm, metered))
+                .await
+                .map_err(|e| LoadError::Invalid {
+                    name: c.name.to_string(),
+                    reason: format!("activation stopped: {e}"),
+                })??;
+        let pre = Arc::new(pre);
+        c.pre.store(Some(pre.clone()));
+        let took = started.elapsed();
+        c.runtime
+            .inner
+            .metrics
+            .activation
+            .get_or_create(&c.label)
+            .observe(took.as_secs_f64());
+        c.logs.push(
+            LogStream::Host,
+            format!(
+                "activated {} from zero in {:.1} ms, compiled code {}",
+                c.name,
+                took.as_secs_f64() * 1000.0,
+                match cache {
+                    CacheOutcome::Hit => "from cache",
+                    CacheOutcome::Miss => "compiled and cached",
+                    CacheOutcome::Uncached => "compiled, not cached",
+                }
+            ),
+        );
+        Ok(pre)
     }
 
     /// Instances running now.

@@ -164,6 +164,15 @@ impl LoadedComponent {
             return resp;
         };
 
+        let pre = match self.active_pre().await {
+            Ok(pre) => pre,
+            Err(e) => {
+                let text = format!("component `{}` could not be activated: {e}", c.name);
+                c.logs.push(crate::logs::LogStream::Host, text.clone());
+                return host_response(StatusCode::SERVICE_UNAVAILABLE, text);
+            }
+        };
+
         let has_body = !req.body().is_end_stream();
         let body_exceeded = Arc::new(AtomicBool::new(false));
         let memory_exceeded = Arc::new(AtomicBool::new(false));
@@ -173,7 +182,7 @@ impl LoadedComponent {
             exceeded: body_exceeded.clone(),
         });
 
-        let mut store = match self.new_store(memory_exceeded.clone()) {
+        let mut store = match self.new_store(pre.engine(), memory_exceeded.clone()) {
             Ok(store) => store,
             Err(e) => {
                 return self.fault(&ServeError::Trap(format!("creating the instance: {e:#}")));
@@ -203,7 +212,7 @@ impl LoadedComponent {
             gauge.inc();
             c.stats.instances_created.inc();
             let run = async {
-                let proxy = c.pre.instantiate_async(&mut store).await?;
+                let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req_res, out_res)
@@ -266,7 +275,11 @@ impl LoadedComponent {
         c.logs.push(LogStream::Host, message);
     }
 
-    fn new_store(&self, memory_exceeded: Arc<AtomicBool>) -> wasmtime::Result<Store<HostState>> {
+    fn new_store(
+        &self,
+        engine: &wasmtime::Engine,
+        memory_exceeded: Arc<AtomicBool>,
+    ) -> wasmtime::Result<Store<HostState>> {
         let c = &self.inner;
         let mut wasi = WasiCtx::builder();
         wasi.stdout(CapturedStdio {
@@ -298,7 +311,7 @@ impl LoadedComponent {
             config: c.config.clone(),
             keyvalue: KeyValueCtx::new(c.keyvalue.clone()),
         };
-        let mut store = Store::new(c.pre.engine(), state);
+        let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         if let Some(fuel) = limits.fuel {
             store.set_fuel(fuel)?;

@@ -568,3 +568,36 @@ async fn keyvalue_without_a_backend_loads_and_says_so() {
     // Grants are checked first.
     assert_eq!(call(&c, "/get?key=a&bucket=other").await.0, 403);
 }
+
+#[tokio::test]
+async fn a_min_zero_component_scales_to_zero_when_idle_and_the_next_request_activates_it() {
+    let c = load(
+        "hello",
+        "[intent]\nreplicas = { min = 0, max = 2 }\nidle_timeout = \"1s\"\n",
+    );
+    assert_eq!(c.idle_timeout(), Some(std::time::Duration::from_secs(1)));
+    assert_eq!(call(&c, "/").await.0, 200);
+    assert!(!c.scale_to_zero_if_idle(), "not idle long enough yet");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert!(c.scale_to_zero_if_idle());
+    assert!(!c.is_active());
+    assert!(!c.scale_to_zero_if_idle(), "already at zero");
+    // The first request waits for the activation and is served.
+    assert_eq!(
+        call(&c, "/").await,
+        (200, "Hello from Aether!\n".to_string())
+    );
+    assert!(c.is_active());
+    let log: Vec<String> = c.logs().tail(10).iter().map(|l| l.text.clone()).collect();
+    assert!(log.iter().any(|l| l.contains("to zero after")), "{log:?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("activated") && l.contains("from zero")),
+        "{log:?}"
+    );
+
+    // A component with a fixed replica count never scales to zero.
+    let fixed = load("hello", "");
+    assert_eq!(fixed.idle_timeout(), None);
+    assert!(!fixed.scale_to_zero_if_idle());
+}

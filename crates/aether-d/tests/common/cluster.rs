@@ -97,11 +97,14 @@ pub fn fixture(name: &str) -> Vec<u8> {
     })
 }
 
-fn free_port(ip: Ipv4Addr) -> u16 {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+/// Two distinct ports free on `ip` right now (both listeners are held
+/// until both are known, so the kernel cannot hand out the same one twice).
+fn free_port_pair(ip: Ipv4Addr) -> (u16, u16) {
+    let bind =
+        || TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("no free port on {ip}: {e}"));
+    let (a, b) = (bind(), bind());
+    let port = |l: &TcpListener| l.local_addr().map(|a| a.port()).expect("local addr");
+    (port(&a), port(&b))
 }
 
 /// One `aether-d` process, SIGKILLed when dropped.
@@ -129,12 +132,13 @@ impl Node {
     /// A node on 127.0.0.`octet` with its data under `scratch`.
     pub fn new(octet: u8, scratch: &Path, operator: &Operator) -> Self {
         let ip = Ipv4Addr::new(127, 0, 0, octet);
+        let (http_port, admin_port) = free_port_pair(ip);
         Self {
             ip,
             data: scratch.join(format!("node-{octet}")),
             home: operator.home.path().to_path_buf(),
-            http_port: free_port(ip),
-            admin_port: free_port(ip),
+            http_port,
+            admin_port,
             child: None,
             stderr: Arc::new(Mutex::new(String::new())),
             admin_key: operator.root(),

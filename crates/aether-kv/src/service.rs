@@ -413,7 +413,7 @@ struct Service {
     runtime: tokio::runtime::Handle,
     origins: MemberOrigins,
     /// Live members: id → mesh address.
-    peers: HashMap<[u8; 32], SocketAddr>,
+    peers: HashMap<[u8; 32], (PublicKey, SocketAddr)>,
     watchers: Vec<Watcher>,
     sends: Arc<Semaphore>,
     bucket_bytes: HashMap<String, u64>,
@@ -515,7 +515,7 @@ impl Service {
                 .filter(|m| {
                     !m.is_self && matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect)
                 })
-                .map(|m| (*m.id.as_bytes(), m.mesh_addr))
+                .map(|m| (*m.id.as_bytes(), (m.id, m.mesh_addr)))
                 .collect();
         }
     }
@@ -581,7 +581,7 @@ impl Service {
             self.account(update.bucket(), update.key());
             self.notify(update);
         }
-        self.push(forward, None);
+        self.push(forward);
     }
 
     /// Collects the tombstones every live member has seen (see
@@ -650,25 +650,23 @@ impl Service {
         });
     }
 
-    /// Pushes `updates` to `push_fanout` random live peers (except `skip`).
-    fn push(&mut self, updates: Vec<SignedUpdate>, skip: Option<[u8; 32]>) {
+    /// Pushes `updates` to `push_fanout` random live peers.
+    fn push(&mut self, updates: Vec<SignedUpdate>) {
         if updates.is_empty() {
             return;
         }
-        let mut peers: Vec<[u8; 32]> = self
-            .peers
-            .keys()
-            .copied()
-            .filter(|p| Some(*p) != skip)
-            .collect();
+        let mut peers: Vec<[u8; 32]> = self.peers.keys().copied().collect();
         peers.shuffle(&mut rand::thread_rng());
         peers.truncate(self.config.push_fanout);
+        if peers.is_empty() {
+            return;
+        }
         // Split so that each message fits the transport's frame bound.
         let max = self.config.sync.max_message_bytes;
         let mut batches: Vec<Vec<SignedUpdate>> = vec![Vec::new()];
         let mut size = 16;
         for u in updates {
-            let len = u.encode().len() + 8;
+            let len = u.encoded_len() + 8;
             if size + len > max
                 && let Some(last) = batches.last()
                 && !last.is_empty()
@@ -682,25 +680,28 @@ impl Service {
             }
         }
         for batch in batches {
-            let msg = SyncMessage::Push(batch);
+            // Encoded once, sent to every chosen peer.
+            let bytes = Bytes::from(SyncMessage::Push(batch).encode());
             for peer in &peers {
-                self.send(peer, &msg);
+                self.send_bytes(peer, bytes.clone());
             }
         }
     }
 
     fn send(&self, to: &[u8; 32], msg: &SyncMessage) {
-        let (Some(mesh), Some(addr)) = (&self.mesh, self.peers.get(to).copied()) else {
-            return;
-        };
-        let Ok(node) = PublicKey::from_bytes(to) else {
+        if self.peers.contains_key(to) {
+            self.send_bytes(to, Bytes::from(msg.encode()));
+        }
+    }
+
+    fn send_bytes(&self, to: &[u8; 32], bytes: Bytes) {
+        let (Some(mesh), Some((node, addr))) = (&self.mesh, self.peers.get(to).copied()) else {
             return;
         };
         let Ok(permit) = self.sends.clone().try_acquire_owned() else {
             return;
         };
         let endpoint = mesh.endpoint().clone();
-        let bytes = msg.encode();
         self.runtime.spawn(async move {
             let _permit = permit;
             match endpoint.connect(addr, Some(node)).await {
@@ -808,7 +809,7 @@ impl Service {
         self.store.append(std::slice::from_ref(&update))?;
         self.account(bucket, key);
         self.notify(&update);
-        self.push(vec![update], None);
+        self.push(vec![update]);
         self.core
             .get(bucket, key)
             .cloned()

@@ -439,17 +439,8 @@ async fn up(
     config.publishers = [publisher_key(home)?.public()]
         .into_iter()
         .collect::<TrustedKeys>();
-    config.admin_addr = match admin_listen {
-        Some(a) => a,
-        None => {
-            let preferred = SocketAddr::from(([127, 0, 0, 1], aether_admin::DEFAULT_ADMIN_PORT));
-            if std::net::TcpListener::bind(preferred).is_ok() {
-                preferred
-            } else {
-                SocketAddr::from(([127, 0, 0, 1], 0))
-            }
-        }
-    };
+    config.admin_addr =
+        admin_listen.unwrap_or_else(|| admin_addr_on(std::net::Ipv4Addr::LOCALHOST.into()));
 
     let node = Node::start(config).await?;
     let bar = spinner(&format!("Activating {}", project.manifest.name));

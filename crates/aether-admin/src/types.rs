@@ -44,6 +44,94 @@ pub struct ComponentStatus {
     pub compile_cache: String,
     /// When it was deployed, Unix seconds.
     pub deployed_at: u64,
+    /// Where it runs across the lattice (absent on a node without a lattice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PlacementJson>,
+}
+
+/// Where a deployment runs across the lattice, and why.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PlacementJson {
+    /// Replicas the intent wants now (the fixed count, or the autoscaled one).
+    pub desired: u32,
+    /// Replicas placed on members.
+    pub placed: u32,
+    /// Replicas loaded and serving on their hosts (hosts that answered; a
+    /// host scaled to zero counts 0).
+    pub running: u32,
+    /// The hosts, in placement order.
+    pub hosts: Vec<HostJson>,
+    /// Every member in the deployment's ranking, best first, with why it is
+    /// or is not eligible (only for one component's status).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ranking: Vec<RankJson>,
+    /// Constraints the placement could not meet, and by how much.
+    pub unsatisfied: Vec<UnsatisfiedJson>,
+    /// Recent changes of the hosts, oldest first.
+    pub changes: Vec<PlacementChangeJson>,
+    /// When the placement was computed, Unix milliseconds.
+    pub computed_at_ms: u64,
+}
+
+/// One host of a deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostJson {
+    /// Node id.
+    pub node: String,
+    /// Its region.
+    pub region: String,
+    /// Instances placed on it.
+    pub instances: u32,
+    /// `running`, `scaled-to-zero`, `starting` (placed, not yet loaded),
+    /// `placed` (not asked) or `unreachable`.
+    pub state: String,
+    /// Estimated round-trip time from the asked node, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Whether it is the asked node.
+    pub is_self: bool,
+}
+
+/// One member in a deployment's ranking.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RankJson {
+    /// Node id.
+    pub node: String,
+    /// Its region.
+    pub region: String,
+    /// Weighted rendezvous score (higher ranks first).
+    pub score: f64,
+    /// Whether it may host the deployment.
+    pub eligible: bool,
+    /// Why not, when it may not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Estimated RTT to the latency target's region, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_from_ms: Option<f64>,
+    /// Whether it hosts a replica now.
+    pub hosts: bool,
+}
+
+/// A constraint placement could not meet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnsatisfiedJson {
+    /// `replicas`, `regions`, `labels`, `memory` or `latency`.
+    pub constraint: String,
+    /// What failed and by how much.
+    pub detail: String,
+}
+
+/// One change of a deployment's hosts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlacementChangeJson {
+    /// Unix seconds.
+    pub at: u64,
+    /// Nodes that started hosting it.
+    pub added: Vec<String>,
+    /// Nodes that stopped hosting it.
+    pub removed: Vec<String>,
+    /// What changed in the inputs.
+    pub reason: String,
 }
 
 /// `POST /v1/deploy` answer.

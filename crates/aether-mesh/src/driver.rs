@@ -508,6 +508,7 @@ impl Driver {
             mesh_addr: me.addr,
             metadata: Some(self.membership.metadata().clone()),
             rtt: Some(Duration::ZERO),
+            coordinate: Some(*self.membership.coordinate()),
             is_self: true,
         }];
         for m in self.membership.members() {
@@ -531,6 +532,7 @@ impl Driver {
                 mesh_addr: m.addr,
                 metadata: m.metadata,
                 rtt: m.rtt,
+                coordinate: m.coordinate,
                 is_self: false,
             });
         }

@@ -168,6 +168,8 @@ pub struct Member {
     pub metadata: Option<Metadata>,
     /// Estimated round-trip time from the asked node.
     pub rtt: Option<Duration>,
+    /// Its Vivaldi coordinate as the asked node knows it (its own for itself).
+    pub coordinate: Option<aether_membership::Coordinate>,
     /// Whether this is the asked node.
     pub is_self: bool,
 }

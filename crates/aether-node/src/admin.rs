@@ -38,7 +38,14 @@ pub(crate) struct Services {
     pub(crate) kv: aether_kv::KvHandle,
     pub(crate) node_id: aether_identity::PublicKey,
     pub(crate) replication: Option<Arc<crate::replication::Replication>>,
+    pub(crate) lattice: Option<Lattice>,
 }
+
+/// The placement and forwarding of a node in a lattice.
+pub(crate) type Lattice = (
+    Arc<crate::schedule::Schedule>,
+    Arc<crate::forward::Forwarder>,
+);
 
 pub(crate) struct AdminState {
     verifier: Verifier,
@@ -47,6 +54,7 @@ pub(crate) struct AdminState {
     kv: aether_kv::KvHandle,
     node_id: aether_identity::PublicKey,
     replication: Option<Arc<crate::replication::Replication>>,
+    lattice: Option<Lattice>,
     registry: Registry,
     http_addr: SocketAddr,
     admin_addr: SocketAddr,
@@ -68,6 +76,7 @@ impl AdminState {
             kv,
             node_id,
             replication,
+            lattice,
         } = services;
         let mut registry = Registry::default();
         deployments.runtime().metrics().register(&mut registry);
@@ -75,6 +84,9 @@ impl AdminState {
             mesh.metrics().register(&mut registry);
         }
         kv.metrics().register(&mut registry);
+        if let Some((_, forwarder)) = &lattice {
+            forwarder.metrics.register(&mut registry);
+        }
         Self {
             verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),
             deployments,
@@ -82,6 +94,7 @@ impl AdminState {
             kv,
             node_id,
             replication,
+            lattice,
             registry,
             http_addr,
             admin_addr,
@@ -198,12 +211,14 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["v1", "status"]) => {
-            let components = state
-                .deployments
-                .list()
-                .iter()
-                .map(|d| state.deployments.status(d))
-                .collect();
+            let mut components = Vec::new();
+            for d in state.deployments.list() {
+                let mut status = state.deployments.status(&d);
+                if let Some((schedule, _)) = &state.lattice {
+                    status.placement = schedule.placement_json(&d, false).await;
+                }
+                components.push(status);
+            }
             json(
                 StatusCode::OK,
                 &NodeStatus {
@@ -242,7 +257,13 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
             }
         },
         (&Method::GET, ["v1", "components", name]) => match state.deployments.get(name) {
-            Some(d) => json(StatusCode::OK, &state.deployments.status(&d)),
+            Some(d) => {
+                let mut status = state.deployments.status(&d);
+                if let Some((schedule, _)) = &state.lattice {
+                    status.placement = schedule.placement_json(&d, true).await;
+                }
+                json(StatusCode::OK, &status)
+            }
             None => error(
                 StatusCode::NOT_FOUND,
                 format!("no component named `{name}`"),

@@ -26,6 +26,22 @@ pub struct Deployment {
     pub essence_hash: String,
     /// Size of the essence file in bytes.
     pub essence_size: u64,
+    /// Whether placement puts a replica on this node (always, without a
+    /// mesh); otherwise requests go to a host.
+    hosted: std::sync::atomic::AtomicBool,
+}
+
+impl Deployment {
+    /// Whether this node hosts a replica (placement put one here).
+    pub fn is_hosted(&self) -> bool {
+        self.hosted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets whether this node hosts a replica; returns the previous value.
+    pub(crate) fn set_hosted(&self, hosted: bool) -> bool {
+        self.hosted
+            .swap(hosted, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Why a deploy was refused. Nothing changes on the node when it is.
@@ -138,6 +154,9 @@ impl Deployments {
             deployed_at: now_secs(),
             essence_hash: essence_hash(&essence),
             essence_size: essence.len() as u64,
+            hosted: std::sync::atomic::AtomicBool::new(
+                previous.as_ref().is_none_or(|p| p.is_hosted()),
+            ),
         });
         let mut by_name = self.current.load().by_name.clone();
         by_name.insert(name.clone(), deployment.clone());
@@ -257,7 +276,9 @@ impl Deployments {
             content_hash: c.content_hash().to_string(),
             publisher: d.publisher.to_string(),
             routes: m.http.routes.iter().map(route_text).collect(),
-            state: if c.is_active() {
+            state: if !d.is_hosted() {
+                "standby"
+            } else if c.is_active() {
                 "running"
             } else {
                 "scaled-to-zero"
@@ -274,6 +295,7 @@ impl Deployments {
             }
             .into(),
             deployed_at: d.deployed_at,
+            placement: None,
         }
     }
 }

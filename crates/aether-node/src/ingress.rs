@@ -24,6 +24,15 @@ use tokio::sync::{mpsc, watch};
 use aether_runtime::ResponseBody;
 
 use crate::deployments::Deployments;
+use crate::forward::Forwarder;
+use crate::schedule::Schedule;
+
+/// What the ingress needs to route a request: the deployments, and in a
+/// lattice the placement and the way to a host.
+pub(crate) struct Routing {
+    pub deployments: Arc<Deployments>,
+    pub lattice: Option<(Arc<Schedule>, Arc<Forwarder>)>,
+}
 
 pub(crate) struct IngressThreads {
     threads: Vec<JoinHandle<()>>,
@@ -36,7 +45,7 @@ impl IngressThreads {
     pub(crate) fn start(
         listener: std::net::TcpListener,
         workers: usize,
-        deployments: Arc<Deployments>,
+        routing: Arc<Routing>,
         shutdown: watch::Receiver<bool>,
         drain_timeout: Duration,
     ) -> anyhow::Result<Self> {
@@ -48,7 +57,7 @@ impl IngressThreads {
         for i in 0..workers {
             let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
             queues.push(tx);
-            let deployments = deployments.clone();
+            let routing = routing.clone();
             let shutdown = shutdown.clone();
             let load = load.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -58,7 +67,7 @@ impl IngressThreads {
                 std::thread::Builder::new()
                     .name(format!("aether-ingress-{i}"))
                     .spawn(move || {
-                        rt.block_on(worker(i, rx, load, deployments, shutdown, drain_timeout));
+                        rt.block_on(worker(i, rx, load, routing, shutdown, drain_timeout));
                     })?,
             );
         }
@@ -123,7 +132,7 @@ async fn worker(
     index: usize,
     mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
     load: Load,
-    deployments: Arc<Deployments>,
+    routing: Arc<Routing>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
@@ -145,10 +154,11 @@ async fn worker(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let deployments = deployments.clone();
+                let client = stream.peer_addr().ok();
+                let routing = routing.clone();
                 let service = service_fn(move |req| {
-                    let deployments = deployments.clone();
-                    async move { Ok::<_, Infallible>(route(&deployments, req).await) }
+                    let routing = routing.clone();
+                    async move { Ok::<_, Infallible>(route(&routing, req, client).await) }
                 });
                 let conn = http.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
@@ -188,7 +198,12 @@ fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
     resp
 }
 
-async fn route(deployments: &Deployments, req: hyper::Request<Incoming>) -> Response<ResponseBody> {
+async fn route(
+    routing: &Routing,
+    req: hyper::Request<Incoming>,
+    client: Option<std::net::SocketAddr>,
+) -> Response<ResponseBody> {
+    let deployments = &routing.deployments;
     let deployment = {
         let host = req.uri().host().or_else(|| {
             req.headers()
@@ -203,5 +218,19 @@ async fn route(deployments: &Deployments, req: hyper::Request<Incoming>) -> Resp
             format!("no component serves {}\n", req.uri().path()),
         );
     };
+    let mut req = req;
+    if !deployment.is_hosted()
+        && let Some((schedule, forwarder)) = &routing.lattice
+    {
+        let targets = schedule
+            .view()
+            .forward_targets(deployment.component.name(), schedule.me());
+        if !targets.is_empty() {
+            match forwarder.forward(req, &targets, client).await {
+                Ok(resp) => return resp,
+                Err(back) => req = *back,
+            }
+        }
+    }
     deployment.component.handle(req, false).await
 }

@@ -9,18 +9,23 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod autoscale;
 mod config;
 mod deployments;
+mod forward;
 mod ingress;
 mod keyvalue;
 mod kv_api;
 mod load;
 mod replication;
 mod router;
+mod schedule;
 
+pub use autoscale::{SCALE_BUCKET, ScaleRecord};
 pub use config::{MeshSetup, NodeConfig};
 pub use deployments::{DeployError, Deployment, Deployments};
 pub use router::{RouteConflict, RouteTable, route_text};
+pub use schedule::desired as desired_replicas;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +51,7 @@ pub struct NodeHandle {
     replication: Option<Arc<replication::Replication>>,
     load_task: Option<tokio::task::JoinHandle<()>>,
     idle_task: tokio::task::JoinHandle<()>,
+    lattice_tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -121,10 +127,48 @@ impl Node {
             })
         };
 
+        // In a lattice: placement decides what this node hosts, and requests
+        // for the rest go to a host over the mesh.
+        let schedule =
+            schedule::Schedule::new(node_key.public(), mesh.clone(), deployments.clone());
+        let mut lattice_tasks = Vec::new();
+        let lattice = match &mesh {
+            Some(mesh) => {
+                let forwarder = forward::Forwarder::new(
+                    mesh.endpoint().clone(),
+                    tokio::runtime::Handle::current(),
+                );
+                let incoming = mesh.endpoint().accept_streams(forward::CHANNEL_HTTP, 1024);
+                lattice_tasks.push(tokio::spawn(
+                    forwarder.clone().serve(incoming, deployments.clone()),
+                ));
+                lattice_tasks.push(tokio::spawn(schedule.clone().run()));
+                let control = mesh
+                    .endpoint()
+                    .accept_streams(schedule::CHANNEL_CONTROL, 256);
+                lattice_tasks.push(tokio::spawn(schedule::serve_control(
+                    control,
+                    deployments.clone(),
+                    schedule.sampler().clone(),
+                )));
+                lattice_tasks.push(tokio::spawn(autoscale::run(
+                    kv.clone(),
+                    schedule.clone(),
+                    deployments.clone(),
+                    schedule.sampler().clone(),
+                )));
+                Some((schedule.clone(), forwarder))
+            }
+            None => None,
+        };
+        let routing = Arc::new(ingress::Routing {
+            deployments: deployments.clone(),
+            lattice: lattice.clone(),
+        });
         let ingress = ingress::IngressThreads::start(
             http_listener,
             config.workers,
-            deployments.clone(),
+            routing,
             shutdown_rx.clone(),
             config.drain_timeout,
         )?;
@@ -136,6 +180,7 @@ impl Node {
                 kv: kv.clone(),
                 node_id: node_key.public(),
                 replication: replication.clone(),
+                lattice,
             },
             http_addr,
             admin_addr,
@@ -160,6 +205,7 @@ impl Node {
             replication,
             load_task,
             idle_task,
+            lattice_tasks,
         })
     }
 }
@@ -302,6 +348,9 @@ impl NodeHandle {
             task.abort();
         }
         self.idle_task.abort();
+        for task in &self.lattice_tasks {
+            task.abort();
+        }
         if let Some(mesh) = &self.mesh {
             mesh.leave(std::time::Duration::from_secs(3)).await;
         }

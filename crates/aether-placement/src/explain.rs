@@ -59,6 +59,36 @@ pub enum Eligibility {
     },
 }
 
+impl std::fmt::Display for Eligibility {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Eligibility::Eligible => f.write_str("eligible"),
+            Eligibility::Dead => f.write_str("not alive"),
+            Eligibility::Region { region } => write!(f, "region {region} is not allowed"),
+            Eligibility::Label {
+                key,
+                wanted,
+                found: Some(found),
+            } => write!(f, "label {key}={found}, intent wants {key}={wanted}"),
+            Eligibility::Label {
+                key,
+                wanted,
+                found: None,
+            } => write!(f, "no label {key} (intent wants {key}={wanted})"),
+            Eligibility::NoMemory => f.write_str("offers no memory"),
+            Eligibility::TooSmall {
+                allocatable,
+                needed,
+            } => write!(
+                f,
+                "offers {} MiB, one replica needs {} MiB",
+                allocatable >> 20,
+                needed >> 20
+            ),
+        }
+    }
+}
+
 fn eligibility(d: &Deployment, m: &Member, allocatable: u64) -> Eligibility {
     if !m.alive {
         return Eligibility::Dead;

@@ -78,12 +78,14 @@ use std::fmt;
 use aether_manifest::{Intent, Manifest};
 use aether_membership::Coordinate;
 
+mod autoscale;
 mod engine;
 mod explain;
 mod hash;
 mod report;
 mod view;
 
+pub use autoscale::{Observed, ScaleMemory, ScalePolicy, autoscale};
 pub use explain::{Candidate, Eligibility, explain};
 
 /// A member's id: its ed25519 public key, as membership names it.

@@ -30,7 +30,9 @@ pub use cache::{CacheOutcome, CompileCache};
 pub use capabilities::OutboundPolicy;
 pub use engine::{Runtime, RuntimeConfig};
 pub use keyvalue::{CasOutcome, KeyPage, KeyValueBackend, KeyValueError, KvFuture};
-pub use load::{LoadError, LoadedComponent, content_hash};
+pub use load::{DEFAULT_IDLE_TIMEOUT, LoadError, LoadedComponent, content_hash};
 pub use logs::{LogLine, LogSink, LogStream};
 pub use metrics::RuntimeMetrics;
 pub use serve::{ResponseBody, ServeError};
+/// The error type of request and response bodies (`wasi:http`'s).
+pub use wasmtime_wasi_http::Error as HttpError;

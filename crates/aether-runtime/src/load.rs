@@ -93,8 +93,11 @@ pub(crate) struct ComponentInner {
     /// The pre-instantiated component; `None` while scaled to zero.
     pub(crate) pre: arc_swap::ArcSwapOption<ProxyPre<HostState>>,
     /// For components that may scale to zero (`replicas.min = 0`): how long
-    /// they may stay idle, and the bytes to activate them again.
-    pub(crate) idle: Option<IdlePolicy>,
+    /// they may stay idle.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// The component's bytes, to activate it again after it was unloaded
+    /// (compiled code then comes from the cache).
+    pub(crate) wasm: Arc<[u8]>,
     /// When a request last arrived, in ms since [`clock_start`].
     pub(crate) last_used_ms: std::sync::atomic::AtomicU64,
     /// Serialises activations from zero.
@@ -112,12 +115,6 @@ pub(crate) struct ComponentInner {
 
 /// Default idle period before a `replicas.min = 0` component scales to zero.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// Scale-to-zero settings of one component.
-pub(crate) struct IdlePolicy {
-    pub(crate) timeout: Duration,
-    pub(crate) wasm: Arc<[u8]>,
-}
 
 /// The process-wide instant request times are measured from.
 pub(crate) fn clock_start() -> Instant {
@@ -251,17 +248,17 @@ impl Runtime {
                 hash,
                 runtime: self.clone(),
                 pre: arc_swap::ArcSwapOption::from_pointee(pre),
-                idle: matches!(
+                idle_timeout: matches!(
                     manifest.intent.replicas,
                     aether_manifest::Replicas::Range { min: 0, .. }
                 )
-                .then(|| IdlePolicy {
-                    timeout: manifest
+                .then(|| {
+                    manifest
                         .intent
                         .idle_timeout
-                        .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0),
-                    wasm: wasm.into(),
+                        .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0)
                 }),
+                wasm: wasm.into(),
                 last_used_ms: std::sync::atomic::AtomicU64::new(now_ms()),
                 activating: tokio::sync::Mutex::new(()),
                 env,
@@ -316,7 +313,34 @@ impl LoadedComponent {
 
     /// Whether it may scale to zero (`replicas.min = 0`), and after how long idle.
     pub fn idle_timeout(&self) -> Option<Duration> {
-        self.inner.idle.as_ref().map(|i| i.timeout)
+        self.inner.idle_timeout
+    }
+
+    /// How long since a request last arrived (or since it was loaded).
+    pub fn idle_for(&self) -> Duration {
+        let last = self
+            .inner
+            .last_used_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Duration::from_millis(now_ms().saturating_sub(last))
+    }
+
+    /// Unloads it now, unless an instance is running (returns whether it
+    /// did): the node no longer hosts it. The next request, or
+    /// [`LoadedComponent::activate`], loads it again from the compile cache.
+    pub fn deactivate(&self) -> bool {
+        if !self.is_active() || self.running_instances() > 0 {
+            return false;
+        }
+        self.inner.pre.store(None);
+        tracing::debug!(component = %self.inner.name, "unloaded: not hosted here");
+        true
+    }
+
+    /// Loads it if it is unloaded (from the compile cache), so the next
+    /// request finds it ready.
+    pub async fn activate(&self) -> Result<(), LoadError> {
+        self.active_pre().await.map(|_| ())
     }
 
     /// Unloads it (keeping what is needed to activate it again) when it may
@@ -325,13 +349,13 @@ impl LoadedComponent {
     pub fn scale_to_zero_if_idle(&self) -> bool {
         use std::sync::atomic::Ordering;
         let c = &self.inner;
-        let Some(idle) = &c.idle else {
+        let Some(timeout) = c.idle_timeout else {
             return false;
         };
         let idle_for = now_ms().saturating_sub(c.last_used_ms.load(Ordering::Relaxed));
         if !self.is_active()
             || self.running_instances() > 0
-            || u128::from(idle_for) < idle.timeout.as_millis()
+            || u128::from(idle_for) < timeout.as_millis()
         {
             return false;
         }
@@ -361,15 +385,9 @@ impl LoadedComponent {
         if let Some(pre) = c.pre.load_full() {
             return Ok(pre);
         }
-        let Some(idle) = &c.idle else {
-            return Err(LoadError::Invalid {
-                name: c.name.to_string(),
-                reason: "unloaded without a way to activate it".into(),
-            });
-        };
         let started = Instant::now();
         let runtime = c.runtime.clone();
-        let (name, hash, wasm) = (c.name.to_string(), c.hash.clone(), idle.wasm.clone());
+        let (name, hash, wasm) = (c.name.to_string(), c.hash.clone(), c.wasm.clone());
         let metered = c.manifest.limits.fuel.is_some();
         let (pre, cache) =
             tokio::task::spawn_blocking(move || runtime.prepare(&name, &hash, &wasm, metered))

@@ -72,6 +72,9 @@ pub struct Config {
     pub incoming_queue: usize,
     /// Concurrent incoming message streams per connection. Default 128.
     pub max_concurrent_streams: u32,
+    /// Concurrent request streams ([`Endpoint::open_stream`]) a peer may
+    /// have open towards this node on one connection. Default 256.
+    pub max_request_streams: u32,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(10),
             incoming_queue: 1024,
             max_concurrent_streams: 128,
+            max_request_streams: 256,
         }
     }
 }
@@ -98,6 +102,26 @@ pub struct Message {
     /// The payload.
     pub payload: Bytes,
 }
+
+/// A request stream a peer opened on a channel: bytes both ways, each side
+/// finishing its half when done. The channel byte is already consumed.
+#[derive(Debug)]
+pub struct IncomingStream {
+    /// The peer, as proven in the handshake.
+    pub from: NodeId,
+    /// The channel the peer opened it on.
+    pub channel: u8,
+    /// This node's half: what it writes reaches the peer.
+    pub send: quinn::SendStream,
+    /// The peer's half.
+    pub recv: quinn::RecvStream,
+}
+
+/// How long a peer has to name the channel of a stream it opened.
+const STREAM_CHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Application error code on streams refused by the receiver.
+pub const STREAM_REFUSED: u32 = 1;
 
 /// A QUIC endpoint of one node: accepts admitted peers, dials them, caches
 /// one connection per peer (its newest) and carries framed messages. Cheap
@@ -132,6 +156,8 @@ struct Inner {
     dials: Mutex<HashMap<NodeId, Dial>>,
     incoming_tx: mpsc::Sender<Message>,
     incoming_rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
+    /// Where each channel's incoming request streams go.
+    stream_handlers: Mutex<HashMap<u8, mpsc::Sender<IncomingStream>>>,
 }
 
 impl Drop for Inner {
@@ -205,7 +231,7 @@ impl Endpoint {
             ))
             .keep_alive_interval(config.keep_alive_interval)
             .max_concurrent_uni_streams(VarInt::from_u32(config.max_concurrent_streams))
-            .max_concurrent_bidi_streams(VarInt::from_u32(1))
+            .max_concurrent_bidi_streams(VarInt::from_u32(config.max_request_streams.max(1)))
             .datagram_receive_buffer_size(None);
         let transport = Arc::new(transport);
 
@@ -244,6 +270,7 @@ impl Endpoint {
             dials: Mutex::new(HashMap::new()),
             incoming_tx,
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
+            stream_handlers: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&inner);
         inner.verifier.on_displaced(move |node| {
@@ -448,6 +475,58 @@ impl Endpoint {
                 })
             }
         }
+    }
+
+    /// Opens a request stream to `node` on `channel` over its cached
+    /// connection (call [`Endpoint::connect`] first): both halves stream
+    /// bytes until finished, with QUIC flow control, so neither side holds a
+    /// whole body. The peer gets it through [`Endpoint::accept_streams`].
+    pub async fn open_stream(
+        &self,
+        node: &NodeId,
+        channel: u8,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        let conn = self
+            .inner
+            .cached(node)
+            .ok_or_else(|| TransportError::NotConnected(Box::new(*node)))?;
+        let open = async {
+            let (mut send, recv) = conn.open_bi().await?;
+            send.write_all(&[channel]).await?;
+            Ok::<_, quinn::WriteError>((send, recv))
+        };
+        match open.await {
+            Ok(pair) => {
+                self.inner
+                    .metrics
+                    .streams_opened
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(pair)
+            }
+            Err(e) => {
+                if conn.close_reason().is_some() {
+                    self.inner.forget(&conn);
+                }
+                Err(TransportError::Send {
+                    node: Box::new(*node),
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Request streams that admitted peers open on `channel`, queued up to
+    /// `capacity`; a stream arriving while the queue is full, or on a channel
+    /// nobody accepts, is refused ([`STREAM_REFUSED`]). A second call for a
+    /// channel replaces the first.
+    pub fn accept_streams(&self, channel: u8, capacity: usize) -> mpsc::Receiver<IncomingStream> {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        self.inner
+            .stream_handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel, tx);
+        rx
     }
 
     /// The next message from any admitted peer. `None` once the endpoint is
@@ -716,16 +795,94 @@ async fn accept_one(incoming: quinn::Incoming, inner: Weak<Inner>) -> Result<(),
     Ok(())
 }
 
-/// Reads every message stream of one admitted connection until it closes.
+/// Reads every message stream and request stream of one admitted
+/// connection until it closes.
 async fn read_loop(inner: Weak<Inner>, conn: Connection, node: NodeId) {
-    while let Ok(stream) = conn.accept_uni().await {
-        let Some(max) = inner.upgrade().map(|i| i.config.max_frame_len) else {
-            break;
-        };
-        tokio::spawn(read_message(inner.clone(), max, conn.clone(), node, stream));
+    loop {
+        tokio::select! {
+            stream = conn.accept_uni() => {
+                let Ok(stream) = stream else { break };
+                let Some(max) = inner.upgrade().map(|i| i.config.max_frame_len) else {
+                    break;
+                };
+                tokio::spawn(read_message(inner.clone(), max, conn.clone(), node, stream));
+            }
+            stream = conn.accept_bi() => {
+                let Ok((send, recv)) = stream else { break };
+                tokio::spawn(route_stream(inner.clone(), node, send, recv));
+            }
+        }
     }
     if let Some(inner) = inner.upgrade() {
         inner.forget(&conn);
+    }
+}
+
+/// Reads the channel byte of a peer's request stream and hands the stream to
+/// that channel's handler, or refuses it.
+async fn route_stream(
+    inner: Weak<Inner>,
+    node: NodeId,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let mut channel = [0u8; 1];
+    let named = tokio::time::timeout(STREAM_CHANNEL_TIMEOUT, recv.read_exact(&mut channel)).await;
+    let Some(inner) = inner.upgrade() else {
+        return;
+    };
+    let refuse = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream| {
+        inner
+            .metrics
+            .streams_refused
+            .fetch_add(1, Ordering::Relaxed);
+        let _ = send.reset(VarInt::from_u32(STREAM_REFUSED));
+        let _ = recv.stop(VarInt::from_u32(STREAM_REFUSED));
+    };
+    if !matches!(named, Ok(Ok(()))) {
+        refuse(&mut send, &mut recv);
+        return;
+    }
+    let revoked = inner
+        .admission
+        .revocations
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_revoked(&node);
+    if revoked {
+        refuse(&mut send, &mut recv);
+        inner.close_peer(&node, close_code::CLOSED, b"revoked");
+        return;
+    }
+    let handler = inner
+        .stream_handlers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&channel[0])
+        .cloned();
+    let Some(handler) = handler else {
+        tracing::debug!(peer = %node, channel = channel[0], "request stream on a channel nobody serves; refused");
+        refuse(&mut send, &mut recv);
+        return;
+    };
+    let stream = IncomingStream {
+        from: node,
+        channel: channel[0],
+        send,
+        recv,
+    };
+    match handler.try_send(stream) {
+        Ok(()) => {
+            inner
+                .metrics
+                .streams_accepted
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => {
+            let mut stream = e.into_inner();
+            tracing::debug!(peer = %node, channel = channel[0], "request stream queue full or closed; refused");
+            refuse(&mut stream.send, &mut stream.recv);
+        }
     }
 }
 

@@ -734,3 +734,83 @@ async fn concurrent_connects_share_one_dial() {
     );
     assert_eq!(a.metrics().refused(RefusalReason::UnexpectedNode), 2);
 }
+
+#[tokio::test]
+async fn request_streams_carry_bytes_both_ways_in_both_directions() {
+    let root = SecretKey::generate();
+    let a = node(&root);
+    let b = node(&root);
+    let b_id = bounded("connect", a.connect(addr(&b), None))
+        .await
+        .expect("connect");
+    let mut b_streams = b.accept_streams(9, 8);
+    let mut a_streams = a.accept_streams(9, 8);
+    // An echo server on b: answers each stream with its bytes reversed,
+    // after reading all of them (more than one flow-control window).
+    tokio::spawn(async move {
+        while let Some(mut s) = b_streams.recv().await {
+            tokio::spawn(async move {
+                let body = s.recv.read_to_end(64 << 20).await.expect("read");
+                let reply: Vec<u8> = body.iter().rev().copied().collect();
+                s.send.write_all(&reply).await.expect("write");
+                let _ = s.send.finish();
+            });
+        }
+    });
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    for _ in 0..3 {
+        let (mut send, mut recv) = bounded("open", a.open_stream(&b_id, 9))
+            .await
+            .expect("open stream");
+        let writer = {
+            let body = body.clone();
+            tokio::spawn(async move {
+                send.write_all(&body).await.expect("write");
+                let _ = send.finish();
+            })
+        };
+        let reply = bounded("reply", recv.read_to_end(64 << 20))
+            .await
+            .expect("reply");
+        writer.await.expect("writer");
+        assert_eq!(reply.len(), body.len());
+        assert!(reply.iter().eq(body.iter().rev()));
+    }
+    assert_eq!(a.metrics().streams_opened(), 3);
+    eventually("accepted counted", || b.metrics().streams_accepted() == 3).await;
+    // The other direction uses the same connection.
+    let a_id = a.node_id();
+    let (mut send, _recv) = bounded("open back", b.open_stream(&a_id, 9))
+        .await
+        .expect("open back");
+    send.write_all(b"hi").await.expect("write");
+    let _ = send.finish();
+    let mut s = bounded("accept", a_streams.recv()).await.expect("stream");
+    assert_eq!(s.from, b_id.clone());
+    assert_eq!(s.channel, 9);
+    assert_eq!(s.recv.read_to_end(16).await.expect("read"), b"hi");
+}
+
+#[tokio::test]
+async fn request_streams_on_a_channel_nobody_serves_are_refused() {
+    let root = SecretKey::generate();
+    let a = node(&root);
+    let b = node(&root);
+    let b_id = bounded("connect", a.connect(addr(&b), None))
+        .await
+        .expect("connect");
+    let (mut send, mut recv) = bounded("open", a.open_stream(&b_id, 42))
+        .await
+        .expect("open stream");
+    let _ = send.write_all(b"hello").await;
+    let _ = send.finish();
+    let read = bounded("refusal", recv.read_to_end(16)).await;
+    assert!(read.is_err(), "a refused stream must not answer: {read:?}");
+    eventually("refusal counted", || b.metrics().streams_refused() == 1).await;
+    // Not connected: a clear error, nothing opened.
+    let stranger = SecretKey::generate().public();
+    assert!(matches!(
+        a.open_stream(&stranger, 42).await,
+        Err(TransportError::NotConnected(_))
+    ));
+}

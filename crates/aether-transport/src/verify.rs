@@ -150,6 +150,9 @@ pub struct TransportMetrics {
     pub(crate) messages_sent: AtomicU64,
     pub(crate) messages_received: AtomicU64,
     pub(crate) frames_too_large: AtomicU64,
+    pub(crate) streams_opened: AtomicU64,
+    pub(crate) streams_accepted: AtomicU64,
+    pub(crate) streams_refused: AtomicU64,
 }
 
 impl TransportMetrics {
@@ -171,6 +174,22 @@ impl TransportMetrics {
     /// Outgoing connections established (cache misses of `connect`).
     pub fn connections_opened(&self) -> u64 {
         self.connections_opened.load(Ordering::Relaxed)
+    }
+
+    /// Request streams this node opened ([`Endpoint::open_stream`](crate::Endpoint::open_stream)).
+    pub fn streams_opened(&self) -> u64 {
+        self.streams_opened.load(Ordering::Relaxed)
+    }
+
+    /// Request streams from peers handed to a channel's handler.
+    pub fn streams_accepted(&self) -> u64 {
+        self.streams_accepted.load(Ordering::Relaxed)
+    }
+
+    /// Request streams from peers refused: no handler for the channel, its
+    /// queue full, a revoked sender, or no channel byte in time.
+    pub fn streams_refused(&self) -> u64 {
+        self.streams_refused.load(Ordering::Relaxed)
     }
 
     /// Connections closed because the cache was full.

@@ -44,8 +44,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_build,
             nodes,
         } => {
+            // A local lattice of 3 by default, where nodes can take
+            // consecutive loopback addresses; one node otherwise.
+            let lattice_fits = matches!(listen.ip(), std::net::IpAddr::V4(ip) if ip.is_loopback());
+            let nodes = nodes.unwrap_or(if lattice_fits && admin_listen.is_none() {
+                3
+            } else {
+                1
+            });
             if nodes > 1 {
-                up_lattice(&home, &dir, listen, no_build, usize::from(nodes)).await
+                up_lattice(
+                    &home,
+                    &dir,
+                    listen,
+                    admin_listen,
+                    no_build,
+                    usize::from(nodes),
+                )
+                .await
             } else {
                 up(&home, &dir, listen, admin_listen, no_build).await
             }
@@ -344,6 +360,9 @@ async fn status(
                     "activation: {:.1} ms (compiled code: {})",
                     c.activation_ms, c.compile_cache
                 );
+                if let Some(p) = &c.placement {
+                    output::print_placement(p);
+                }
             }
         }
         None => {
@@ -508,6 +527,7 @@ async fn up_lattice(
     home: &Home,
     dir: &Path,
     listen: SocketAddr,
+    admin_listen: Option<SocketAddr>,
     no_build: bool,
     count: usize,
 ) -> anyhow::Result<()> {
@@ -544,13 +564,18 @@ async fn up_lattice(
         config.restore = false;
         config.cache_dir = Some(home.dir().join("compile-cache"));
         config.http_addr = SocketAddr::new(ip.into(), listen.port());
-        config.admin_addr = admin_addr_on(ip.into());
+        config.admin_addr = match admin_listen {
+            Some(addr) if i == 0 => addr,
+            _ => admin_addr_on(ip.into()),
+        };
         config.admin_keys = [root.public()].into_iter().collect();
         config.publishers = [publisher].into_iter().collect::<TrustedKeys>();
-        let mut mesh = aether_mesh::MeshConfig::new(
-            config.data_dir.clone(),
-            SocketAddr::new(ip.into(), aether_mesh::DEFAULT_MESH_PORT),
-        );
+        // The default mesh port when free on this address, else any.
+        let mut mesh_addr = SocketAddr::new(ip.into(), aether_mesh::DEFAULT_MESH_PORT);
+        if std::net::UdpSocket::bind(mesh_addr).is_err() {
+            mesh_addr.set_port(0);
+        }
+        let mut mesh = aether_mesh::MeshConfig::new(config.data_dir.clone(), mesh_addr);
         mesh.join = seed_mesh.into_iter().collect();
         config.mesh = Some(aether_node::MeshSetup {
             config: mesh,
@@ -629,11 +654,58 @@ async fn up_lattice(
             node.admin_addr()
         );
     }
+    // Where placement put it: the nodes that host a replica.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let wanted =
+        aether_node::desired_replicas(&deployment.component.manifest().intent.replicas, None)
+            as usize;
+    let hosts = loop {
+        let hosts: Vec<usize> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                n.deployments()
+                    .get(&status.name)
+                    .is_some_and(|d| d.is_hosted())
+            })
+            .map(|(i, _)| i + 1)
+            .collect();
+        if hosts.len() == wanted.min(count) || Instant::now() > deadline {
+            break hosts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let hosts: Vec<String> = hosts.iter().map(|i| format!("node {i}")).collect();
     println!(
-        "`alkahest nodes` lists the members; `alkahest logs {}` shows node 1's output. Press Ctrl-C to stop.",
+        "Placed on {}; the other nodes forward to it over the mesh.",
+        hosts.join(", ")
+    );
+    println!(
+        "`alkahest status {}` shows where it runs and why; `alkahest nodes` lists the members. Press Ctrl-C to stop.",
         status.name
     );
+    // Echo the component's output on every node to the terminal.
+    let mut echoes = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(d) = node.deployments().get(&status.name) {
+            let mut live = d.component.logs().follow();
+            let name = status.name.clone();
+            echoes.push(tokio::spawn(async move {
+                while let Ok(line) = live.recv().await {
+                    eprintln!(
+                        "[{name} node {} {}] {}",
+                        i + 1,
+                        line.stream.as_str(),
+                        line.text
+                    );
+                }
+            }));
+        }
+    }
     aether_node::shutdown_signal().await;
+    for echo in echoes {
+        echo.abort();
+    }
     eprintln!("Stopping {count} nodes");
     let admin = nodes[0].admin_addr().to_string();
     for node in nodes.into_iter().rev() {

@@ -57,8 +57,9 @@ enum Command {
         no_build: bool,
         /// Start a local lattice of this many nodes (127.0.0.1, .2, … with
         /// the --listen port each), deploy once, and serve from every node.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=32))]
-        nodes: u8,
+        /// Default: 3 on an IPv4 loopback --listen address, else 1.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=32))]
+        nodes: Option<u8>,
     },
     /// Seal the component and its manifest into a signed essence file.
     Seal {

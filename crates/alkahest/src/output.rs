@@ -47,20 +47,117 @@ pub fn print_components(components: &[ComponentStatus]) {
         println!("no components deployed");
         return;
     }
-    println!(
-        "{:<20} {:<8} {:>9} {:>10}  {:<14} ROUTES",
-        "NAME", "STATE", "INSTANCES", "REQUESTS", "HASH"
-    );
-    for c in components {
+    let lattice = components.iter().any(|c| c.placement.is_some());
+    if lattice {
         println!(
-            "{:<20} {:<8} {:>9} {:>10}  {:<14} {}",
-            c.name,
-            c.state,
-            format!("{}/{}", c.instances, c.max_concurrency),
-            c.requests,
-            &c.content_hash[..c.content_hash.len().min(12)],
-            c.routes.join(" ")
+            "{:<20} {:<14} {:>9} {:>8} {:>10}  {:<14} ROUTES",
+            "NAME", "STATE HERE", "INSTANCES", "REPLICAS", "REQUESTS", "HASH"
         );
+    } else {
+        println!(
+            "{:<20} {:<8} {:>9} {:>10}  {:<14} ROUTES",
+            "NAME", "STATE", "INSTANCES", "REQUESTS", "HASH"
+        );
+    }
+    for c in components {
+        let hash = &c.content_hash[..c.content_hash.len().min(12)];
+        let instances = format!("{}/{}", c.instances, c.max_concurrency);
+        match &c.placement {
+            Some(p) if lattice => println!(
+                "{:<20} {:<14} {:>9} {:>8} {:>10}  {:<14} {}",
+                c.name,
+                c.state,
+                instances,
+                format!("{}/{}", p.placed, p.desired),
+                c.requests,
+                hash,
+                c.routes.join(" ")
+            ),
+            _ => println!(
+                "{:<20} {:<8} {:>9} {:>10}  {:<14} {}",
+                c.name,
+                c.state,
+                instances,
+                c.requests,
+                hash,
+                c.routes.join(" ")
+            ),
+        }
+    }
+}
+
+fn short_id(id: &str) -> &str {
+    let id = id.trim_start_matches("ed25519:");
+    &id[..id.len().min(12)]
+}
+
+/// Prints where one component runs across the lattice, and why.
+pub fn print_placement(p: &aether_admin::types::PlacementJson) {
+    println!();
+    println!(
+        "replicas:   {} wanted, {} placed, {} running",
+        p.desired, p.placed, p.running
+    );
+    for u in &p.unsatisfied {
+        println!("UNSATISFIED {}: {}", u.constraint, u.detail);
+    }
+    if !p.hosts.is_empty() {
+        println!();
+        println!(
+            "  {:<14} {:<12} {:>9} {:>8}  STATE",
+            "HOST", "REGION", "INSTANCES", "RTT"
+        );
+        for h in &p.hosts {
+            println!(
+                "{} {:<14} {:<12} {:>9} {:>8}  {}",
+                if h.is_self { "*" } else { " " },
+                short_id(&h.node),
+                if h.region.is_empty() { "-" } else { &h.region },
+                h.instances,
+                h.rtt_ms
+                    .map_or_else(|| "-".to_string(), |r| format!("{r:.1}ms")),
+                h.state
+            );
+        }
+    }
+    if !p.ranking.is_empty() {
+        println!();
+        println!("ranking (best first):");
+        for (i, r) in p.ranking.iter().enumerate() {
+            let why = match (&r.reason, r.hosts) {
+                (_, true) => "hosts a replica".to_string(),
+                (Some(reason), false) => format!("excluded: {reason}"),
+                (None, false) => "eligible".to_string(),
+            };
+            let rtt = r
+                .rtt_from_ms
+                .map(|ms| format!(", {ms:.1} ms from the latency region"))
+                .unwrap_or_default();
+            println!(
+                "  {:>2}. {:<14} {:<12} score {:>10.4}  {}{}",
+                i + 1,
+                short_id(&r.node),
+                if r.region.is_empty() { "-" } else { &r.region },
+                r.score,
+                why,
+                rtt
+            );
+        }
+    }
+    if !p.changes.is_empty() {
+        println!();
+        println!("recent placement changes:");
+        for c in &p.changes {
+            let added: Vec<&str> = c.added.iter().map(|a| short_id(a)).collect();
+            let removed: Vec<&str> = c.removed.iter().map(|a| short_id(a)).collect();
+            println!(
+                "  {}  +[{}] -[{}]  {}",
+                c.at,
+                added.join(" "),
+                removed.join(" "),
+                c.reason
+            );
+        }
     }
 }
 

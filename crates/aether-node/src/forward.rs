@@ -1,0 +1,644 @@
+//! Requests for components this node does not host travel one hop over the
+//! mesh to a host (DESIGN §3.5).
+//!
+//! A forwarded request is one QUIC request stream on mesh channel
+//! [`CHANNEL_HTTP`]: the request head, then the request body as raw bytes
+//! until the sender finishes its half; the host answers on the same stream
+//! with the response head, then the response body until it finishes. Bodies
+//! stream both ways under QUIC flow control, so neither node holds a whole
+//! body. Heads are length-prefixed and bounded ([`MAX_HEAD`]):
+//!
+//! ```text
+//! request head:  u32 len | u8 version=1 | str method | str path-and-query | headers
+//! response head: u32 len | u8 version=1 | u16 status | headers
+//! str:           u16 len | bytes           headers: u16 count | (str name | str value)*
+//! ```
+//!
+//! The host always serves a forwarded request itself (one hop at most).
+//! Hop-by-hop headers are dropped on both legs and `X-Forwarded-For`,
+//! `-Host` and `-Proto` are set. A host that cannot be reached, or that
+//! fails before answering, is retried on the next host when that is safe:
+//! before any of the request body left this node, or for an idempotent
+//! method without a body.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_runtime::{HttpError, ResponseBody};
+use aether_transport::{Endpoint, IncomingStream, RecvStream, SendStream};
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Body, Frame};
+use prometheus_client::metrics::counter::Counter;
+
+use crate::deployments::Deployments;
+use crate::schedule::{Host, short};
+
+/// Mesh channel of forwarded HTTP requests.
+pub const CHANNEL_HTTP: u8 = 4;
+/// Largest request or response head.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Bytes read from a stream at once.
+const CHUNK: usize = 64 * 1024;
+/// Bound on dialing a host that has no connection yet.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on reading a forwarded request's head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Forwarded requests served at once for peers; more are refused.
+const MAX_SERVING: usize = 4096;
+
+/// Counters of the forwarding path.
+#[derive(Default, Debug)]
+pub(crate) struct ForwardMetrics {
+    /// Requests sent to a host.
+    pub forwarded: Counter,
+    /// Attempts retried on another host.
+    pub retried: Counter,
+    /// Requests no host answered (502).
+    pub failed: Counter,
+    /// Requests served for peers.
+    pub served: Counter,
+    /// Requests no host answered that this node served itself.
+    pub served_here: Counter,
+}
+
+impl ForwardMetrics {
+    /// Adds the counters to `registry`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "aether_forward_requests",
+            "Requests forwarded to a host over the mesh",
+            self.forwarded.clone(),
+        );
+        registry.register(
+            "aether_forward_retries",
+            "Forwarding attempts retried on another host",
+            self.retried.clone(),
+        );
+        registry.register(
+            "aether_forward_failures",
+            "Forwarded requests no host answered (502)",
+            self.failed.clone(),
+        );
+        registry.register(
+            "aether_forward_served_for_peers",
+            "Requests other nodes forwarded that this node served",
+            self.served.clone(),
+        );
+        registry.register(
+            "aether_forward_served_locally",
+            "Requests no host answered that this node served itself",
+            self.served_here.clone(),
+        );
+    }
+}
+
+/// The forwarding side of one node.
+pub(crate) struct Forwarder {
+    endpoint: Endpoint,
+    /// The node's main runtime: dials run there, where the transport lives.
+    runtime: tokio::runtime::Handle,
+    pub(crate) metrics: ForwardMetrics,
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Drops hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) -> Option<()> {
+    out.extend_from_slice(&u16::try_from(s.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(s);
+    Some(())
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) -> Option<()> {
+    out.extend_from_slice(&u16::try_from(headers.len()).ok()?.to_be_bytes());
+    for (name, value) in headers {
+        put_str(out, name.as_str().as_bytes())?;
+        put_str(out, value.as_bytes())?;
+    }
+    Some(())
+}
+
+/// Frames a head: length prefix, then `body`. `None` over [`MAX_HEAD`].
+fn frame(body: Vec<u8>) -> Option<Vec<u8>> {
+    if body.len() > MAX_HEAD {
+        return None;
+    }
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+fn encode_request_head(method: &Method, path: &str, headers: &HeaderMap) -> Option<Vec<u8>> {
+    let mut out = vec![1u8];
+    put_str(&mut out, method.as_str().as_bytes())?;
+    put_str(&mut out, path.as_bytes())?;
+    put_headers(&mut out, headers)?;
+    frame(out)
+}
+
+fn encode_response_head(status: StatusCode, headers: &HeaderMap) -> Option<Vec<u8>> {
+    let mut out = vec![1u8];
+    out.extend_from_slice(&status.as_u16().to_be_bytes());
+    put_headers(&mut out, headers)?;
+    frame(out)
+}
+
+/// A cursor over a head's bytes; every read is bounded.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<&'a [u8]> {
+        let n = usize::from(self.u16()?);
+        self.take(n)
+    }
+    fn headers(&mut self) -> Option<HeaderMap> {
+        let count = usize::from(self.u16()?);
+        // Each header takes at least 4 bytes: a count the head cannot hold
+        // is refused before anything is allocated for it.
+        if count > self.0.len() / 4 {
+            return None;
+        }
+        let mut headers = HeaderMap::with_capacity(count.min(64));
+        for _ in 0..count {
+            let name = HeaderName::from_bytes(self.str()?).ok()?;
+            let value = HeaderValue::from_bytes(self.str()?).ok()?;
+            headers.append(name, value);
+        }
+        Some(headers)
+    }
+}
+
+/// Decodes a request head (without its length prefix).
+fn decode_request_head(bytes: &[u8]) -> Option<(Method, String, HeaderMap)> {
+    let mut r = Reader(bytes);
+    if r.take(1)? != [1] {
+        return None;
+    }
+    let method = Method::from_bytes(r.str()?).ok()?;
+    let path = std::str::from_utf8(r.str()?).ok()?.to_string();
+    if !path.starts_with('/') {
+        return None;
+    }
+    let headers = r.headers()?;
+    r.0.is_empty().then_some((method, path, headers))
+}
+
+/// Decodes a response head (without its length prefix).
+fn decode_response_head(bytes: &[u8]) -> Option<(StatusCode, HeaderMap)> {
+    let mut r = Reader(bytes);
+    if r.take(1)? != [1] {
+        return None;
+    }
+    let status = StatusCode::from_u16(r.u16()?).ok()?;
+    let headers = r.headers()?;
+    r.0.is_empty().then_some((status, headers))
+}
+
+/// Reads one length-prefixed head from `recv`.
+async fn read_head(recv: &mut RecvStream) -> Result<Vec<u8>, String> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| format!("reading the head: {e}"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_HEAD {
+        return Err(format!(
+            "head of {len} bytes is over the {MAX_HEAD}-byte bound"
+        ));
+    }
+    let mut head = vec![0u8; len];
+    recv.read_exact(&mut head)
+        .await
+        .map_err(|e| format!("reading the head: {e}"))?;
+    Ok(head)
+}
+
+/// A body streamed from a peer.
+type PeerBody = StreamBody<
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Frame<Bytes>, HttpError>> + Send>>,
+>;
+
+/// The rest of `recv` as a body, streamed chunk by chunk.
+fn stream_body(recv: RecvStream) -> PeerBody {
+    let stream = futures::stream::unfold(Some(recv), |state| async move {
+        let mut recv = state?;
+        match recv.read_chunk(CHUNK, true).await {
+            Ok(Some(chunk)) => Some((Ok(Frame::data(chunk.bytes)), Some(recv))),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!("forwarded body ended early: {e}");
+                Some((Err(HttpError::ConnectionTerminated), None))
+            }
+        }
+    });
+    StreamBody::new(Box::pin(stream))
+}
+
+/// Copies `body` into `send` frame by frame and finishes it. Trailers are
+/// not carried.
+async fn pump<B>(mut body: B, mut send: SendStream) -> Result<(), String>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the body: {e}"))?;
+        if let Ok(data) = frame.into_data()
+            && !data.is_empty()
+        {
+            send.write_chunk(data)
+                .await
+                .map_err(|e| format!("sending the body: {e}"))?;
+        }
+    }
+    let _ = send.finish();
+    Ok(())
+}
+
+fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(
+        http_body_util::Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+impl Forwarder {
+    pub(crate) fn new(endpoint: Endpoint, runtime: tokio::runtime::Handle) -> Arc<Self> {
+        Arc::new(Self {
+            endpoint,
+            runtime,
+            metrics: ForwardMetrics::default(),
+        })
+    }
+
+    /// A stream to `host`, dialing it first when no connection is cached.
+    async fn open(&self, host: &Host) -> Result<(SendStream, RecvStream), String> {
+        if !self.endpoint.is_connected(&host.id) {
+            let endpoint = self.endpoint.clone();
+            let (addr, id) = (host.mesh_addr, host.id);
+            let dial = self.runtime.spawn(async move {
+                tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect(addr, Some(id))).await
+            });
+            match dial.await {
+                Ok(Ok(Ok(_))) => {}
+                Ok(Ok(Err(e))) => return Err(e.to_string()),
+                Ok(Err(_)) => return Err(format!("dialing {addr} timed out")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        self.endpoint
+            .open_stream(&host.id, CHANNEL_HTTP)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Forwards `req` to the first of `hosts` that answers. When none
+    /// answered and the request's body is still here (never sent, or empty),
+    /// hands the request back so the caller can serve it itself.
+    pub(crate) async fn forward<B>(
+        &self,
+        req: Request<B>,
+        hosts: &[Host],
+        client: Option<SocketAddr>,
+    ) -> Result<Response<ResponseBody>, Box<Request<B>>>
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: std::fmt::Display + Send,
+    {
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers.clone();
+        strip_hop_by_hop(&mut headers);
+        set_forwarded(&mut headers, client, parts.uri.host());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let Some(head) = encode_request_head(&parts.method, &path, &headers) else {
+            return Ok(plain(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request headers too large to forward\n".into(),
+            ));
+        };
+        let empty = body.is_end_stream();
+        let retry_after_send = empty && is_idempotent(&parts.method);
+        let mut body = Some(body);
+        let mut last_error = String::from("no host");
+        for (attempt, host) in hosts.iter().enumerate() {
+            if attempt > 0 {
+                self.metrics.retried.inc();
+            }
+            let (mut send, mut recv) = match self.open(host).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(host = %short(&host.id), "cannot reach host: {e}");
+                    last_error = e;
+                    continue;
+                }
+            };
+            if let Err(e) = send.write_all(&head).await {
+                last_error = e.to_string();
+                continue;
+            }
+            self.metrics.forwarded.inc();
+            if empty {
+                let _ = send.finish();
+            } else if let Some(body) = body.take() {
+                tokio::spawn(async move {
+                    if let Err(e) = pump(body, send).await {
+                        tracing::debug!("forwarded request body: {e}");
+                    }
+                });
+            }
+            match read_head(&mut recv).await {
+                Ok(bytes) => {
+                    let Some((status, mut headers)) = decode_response_head(&bytes) else {
+                        last_error = "host sent a malformed response head".into();
+                        break;
+                    };
+                    strip_hop_by_hop(&mut headers);
+                    if let Ok(v) = HeaderValue::from_str(&short(&host.id)) {
+                        headers.insert("aether-forwarded-to", v);
+                    }
+                    let mut resp = Response::new(stream_body(recv).boxed_unsync());
+                    *resp.status_mut() = status;
+                    *resp.headers_mut() = headers;
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    tracing::debug!(host = %short(&host.id), "host failed before answering: {e}");
+                    last_error = e;
+                    if !(retry_after_send || body.is_some()) {
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(body) = body {
+            tracing::debug!("no host answered ({last_error}); serving here");
+            self.metrics.served_here.inc();
+            return Err(Box::new(Request::from_parts(parts, body)));
+        }
+        self.metrics.failed.inc();
+        Ok(plain(
+            StatusCode::BAD_GATEWAY,
+            format!("no host of this component answered: {last_error}\n"),
+        ))
+    }
+
+    /// Serves the requests peers forward to this node until the node stops.
+    pub(crate) async fn serve(
+        self: Arc<Self>,
+        mut incoming: tokio::sync::mpsc::Receiver<IncomingStream>,
+        deployments: Arc<Deployments>,
+    ) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
+        while let Some(stream) = incoming.recv().await {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                let mut stream = stream;
+                let _ = stream.send.reset(aether_transport::STREAM_REFUSED.into());
+                continue;
+            };
+            let deployments = deployments.clone();
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.serve_one(stream, &deployments).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn serve_one(&self, stream: IncomingStream, deployments: &Deployments) {
+        let IncomingStream {
+            from,
+            send,
+            mut recv,
+            ..
+        } = stream;
+        let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut recv)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %short(&from), "forwarded request dropped: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %short(&from), "forwarded request head timed out");
+                return;
+            }
+        };
+        let resp = match decode_request_head(&head) {
+            None => plain(
+                StatusCode::BAD_REQUEST,
+                "malformed forwarded request\n".into(),
+            ),
+            Some((method, path, headers)) => match path.parse::<http::Uri>() {
+                Err(_) => plain(StatusCode::BAD_REQUEST, "malformed path\n".into()),
+                Ok(uri) => {
+                    self.metrics.served.inc();
+                    let mut req = Request::new(stream_body(recv));
+                    *req.method_mut() = method;
+                    *req.uri_mut() = uri;
+                    *req.headers_mut() = headers;
+                    let host = req
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string);
+                    match deployments.route(host.as_deref(), req.uri().path()) {
+                        Some(d) => d.component.handle(req, false).await,
+                        None => plain(
+                            StatusCode::NOT_FOUND,
+                            format!("no component serves {}\n", req.uri().path()),
+                        ),
+                    }
+                }
+            },
+        };
+        respond(resp, send).await;
+    }
+}
+
+/// Writes `resp` to `send`: head, then the body as it comes.
+async fn respond(resp: Response<ResponseBody>, mut send: SendStream) {
+    let (parts, body) = resp.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    let head = encode_response_head(parts.status, &headers).unwrap_or_else(|| {
+        encode_response_head(StatusCode::BAD_GATEWAY, &HeaderMap::new()).unwrap_or_default()
+    });
+    if send.write_all(&head).await.is_err() {
+        return;
+    }
+    if let Err(e) = pump(body, send).await {
+        tracing::debug!("forwarded response body: {e}");
+    }
+}
+
+/// Sets `X-Forwarded-For` (appending the client), `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` (kept when an earlier proxy set them).
+fn set_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>, uri_host: Option<&str>) {
+    if let Some(client) = client {
+        let ip = client.ip().to_string();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if !headers.contains_key("x-forwarded-host") {
+        let host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| uri_host.and_then(|h| HeaderValue::from_str(h).ok()));
+        if let Some(host) = host {
+            headers.insert("x-forwarded-host", host);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_round_trip_and_every_truncation_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert("content-type", HeaderValue::from_static("text/plain"));
+        headers.append("x-multi", HeaderValue::from_static("a"));
+        headers.append("x-multi", HeaderValue::from_static("b"));
+        let framed = encode_request_head(&Method::POST, "/echo?x=1", &headers).expect("encodes");
+        let head = &framed[4..];
+        let (method, path, decoded) = decode_request_head(head).expect("decodes");
+        assert_eq!((method, path.as_str()), (Method::POST, "/echo?x=1"));
+        assert_eq!(decoded, headers);
+        for cut in 0..head.len() {
+            assert!(decode_request_head(&head[..cut]).is_none(), "cut at {cut}");
+        }
+        let framed = encode_response_head(StatusCode::CREATED, &headers).expect("encodes");
+        let (status, decoded) = decode_response_head(&framed[4..]).expect("decodes");
+        assert_eq!((status, decoded), (StatusCode::CREATED, headers));
+        let mut trailing = framed[4..].to_vec();
+        trailing.push(0);
+        assert!(decode_response_head(&trailing).is_none(), "trailing byte");
+    }
+
+    #[test]
+    fn garbage_heads_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..2000usize {
+            let bytes: Vec<u8> = (0..len % 97)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    (seed & 0xff) as u8
+                })
+                .collect();
+            let _ = decode_request_head(&bytes);
+            let _ = decode_response_head(&bytes);
+        }
+        assert!(
+            decode_request_head(&[1, 0, 3, b'G', b'E', b'T', 0, 1, b'x', 0, 0]).is_none(),
+            "a path must start with /"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped_and_forwarded_headers_set() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(header::HOST, HeaderValue::from_static("app.example"));
+        headers.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        headers.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut headers);
+        set_forwarded(
+            &mut headers,
+            Some("127.0.0.9:5555".parse().expect("addr")),
+            None,
+        );
+        assert!(headers.get(header::CONNECTION).is_none());
+        assert!(headers.get("x-secret").is_none());
+        assert!(headers.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(headers["x-kept"], "yes");
+        assert_eq!(headers["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(headers["x-forwarded-host"], "app.example");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+    }
+}

@@ -1,0 +1,729 @@
+//! This node's share of the lattice's placement (DESIGN §3.5).
+//!
+//! Every node runs the same pure function, [`aether_placement::place`], on
+//! the deployments it holds (every node holds every deployment's essence,
+//! replicated through the lattice state) and its membership view, and acts
+//! only on its own share: a deployment placed here is *hosted* (loaded and
+//! served), any other is on *standby* (its compiled code stays in the cache,
+//! and requests for it are forwarded to a host). There is no leader: when a
+//! member dies, each survivor recomputes the same ranking and the next node
+//! in it starts the replica by itself.
+//!
+//! Placement is recomputed when the deployments change, when membership
+//! changes (a member alive or not, its region, labels or memory), and every
+//! few seconds while a deployment has a latency target (coordinates drift).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aether_identity::NodeId;
+use aether_manifest::Replicas;
+use aether_mesh::{Member, MemberStatus, MeshHandle};
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+use crate::deployments::{Deployment, Deployments};
+
+/// How often membership is looked at for changes.
+const PERIOD: Duration = Duration::from_millis(250);
+/// Placement is recomputed at least this often while a deployment has a
+/// latency target, because coordinates move.
+const REFRESH: Duration = Duration::from_secs(5);
+/// A deployment not hosted here is unloaded once it has served nothing for
+/// this long (it may have served requests no host could take).
+const STANDBY_UNLOAD_AFTER: Duration = Duration::from_secs(5);
+/// Placement changes remembered for `alkahest status`.
+const CHANGES_KEPT: usize = 64;
+
+/// One host of a deployment, as this node sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct Host {
+    /// The member.
+    pub id: NodeId,
+    /// Instances placed on it.
+    pub instances: u32,
+    /// Where its mesh listens.
+    pub mesh_addr: SocketAddr,
+    /// Estimated round-trip time from this node.
+    pub rtt: Option<Duration>,
+    /// Alive (not merely suspect).
+    pub healthy: bool,
+}
+
+/// The placement this node computed last.
+#[derive(Default)]
+pub(crate) struct View {
+    /// Whether it came from a membership view (false until the first
+    /// computation, and on a node without a mesh).
+    pub meshed: bool,
+    /// Hosts of every deployment, in placement order.
+    pub hosts: BTreeMap<String, Vec<Host>>,
+    /// Replicas wanted per deployment.
+    pub desired: BTreeMap<String, u32>,
+    /// What placement could not satisfy.
+    pub reports: Vec<aether_placement::Unsatisfied>,
+    /// Unix milliseconds of the computation.
+    pub computed_at_ms: u64,
+    /// The member view placement ran on (for rankings).
+    pub members: Vec<aether_placement::Member>,
+    /// The deployments placement ran on, by name (for rankings).
+    pub inputs: BTreeMap<String, aether_placement::Deployment>,
+    /// Mesh addresses of the members.
+    pub addresses: BTreeMap<NodeId, SocketAddr>,
+}
+
+impl View {
+    /// Hosts of `name` other than `me` to forward a request to: healthy ones
+    /// first, nearest first. Empty when `me` hosts it or nobody does.
+    pub(crate) fn forward_targets(&self, name: &str, me: &NodeId) -> Vec<Host> {
+        let Some(hosts) = self.hosts.get(name) else {
+            return Vec::new();
+        };
+        if hosts.iter().any(|h| h.id == *me) {
+            return Vec::new();
+        }
+        let mut out = hosts.clone();
+        out.sort_by_key(|h| (!h.healthy, h.rtt.unwrap_or(Duration::MAX)));
+        out
+    }
+}
+
+/// One placement change, for `alkahest status`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct Change {
+    /// Unix seconds.
+    pub at: u64,
+    /// The deployment.
+    pub deployment: String,
+    /// Members that started hosting it.
+    pub added: Vec<String>,
+    /// Members that stopped hosting it.
+    pub removed: Vec<String>,
+    /// What changed in the inputs.
+    pub reason: String,
+}
+
+/// Replicas wanted for a deployment: the fixed count, or for a range the
+/// autoscaled value (`scaled`, clamped), else `max(min, 1)`.
+pub fn desired(replicas: &Replicas, scaled: Option<u32>) -> u32 {
+    match *replicas {
+        Replicas::Fixed(n) => n,
+        Replicas::Range { min, max } => scaled.unwrap_or(min.max(1)).clamp(min, max),
+    }
+}
+
+/// The scheduler of one node.
+pub(crate) struct Schedule {
+    me: NodeId,
+    mesh: Option<MeshHandle>,
+    deployments: Arc<Deployments>,
+    view: ArcSwap<View>,
+    changes: Mutex<VecDeque<Change>>,
+    scaled: ArcSwap<BTreeMap<String, u32>>,
+    wake: Notify,
+    sampler: Arc<crate::autoscale::LoadSampler>,
+}
+
+impl Schedule {
+    pub(crate) fn new(
+        me: NodeId,
+        mesh: Option<MeshHandle>,
+        deployments: Arc<Deployments>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            me,
+            mesh,
+            deployments,
+            view: ArcSwap::from_pointee(View::default()),
+            changes: Mutex::new(VecDeque::new()),
+            scaled: ArcSwap::from_pointee(BTreeMap::new()),
+            wake: Notify::new(),
+            sampler: Arc::new(crate::autoscale::LoadSampler::default()),
+        })
+    }
+
+    /// This node's load sampler.
+    pub(crate) fn sampler(&self) -> &Arc<crate::autoscale::LoadSampler> {
+        &self.sampler
+    }
+
+    /// Whether this node decides the scale of `name`: its first host, or
+    /// while it has none, the best-ranked eligible member.
+    pub(crate) fn decides_scale_of(&self, name: &str) -> bool {
+        let view = self.view.load();
+        if !view.meshed {
+            return false;
+        }
+        if let Some(first) = view.hosts.get(name).and_then(|h| h.first()) {
+            return first.id == self.me;
+        }
+        let Some(input) = view.inputs.get(name) else {
+            return false;
+        };
+        aether_placement::explain(input, &view.members)
+            .ok()
+            .and_then(|ranking| {
+                ranking
+                    .into_iter()
+                    .find(|c| c.eligibility == aether_placement::Eligibility::Eligible)
+            })
+            .is_some_and(|c| c.member == *self.me.as_bytes())
+    }
+
+    /// The load of `name` summed over its hosts, or over every alive member
+    /// with `everywhere` (while it has no host, whoever serves it does).
+    pub(crate) async fn lattice_load(
+        &self,
+        name: &str,
+        everywhere: bool,
+    ) -> aether_placement::Observed {
+        let view = self.view.load_full();
+        let targets: Vec<Host> = if everywhere {
+            view.members
+                .iter()
+                .filter(|m| m.alive)
+                .filter_map(|m| {
+                    let id = aether_identity::PublicKey::from_bytes(&m.id).ok()?;
+                    let addr = view.addresses.get(&id).copied()?;
+                    Some(Host {
+                        id,
+                        instances: 0,
+                        mesh_addr: addr,
+                        rtt: None,
+                        healthy: true,
+                    })
+                })
+                .collect()
+        } else {
+            view.hosts.get(name).cloned().unwrap_or_default()
+        };
+        let states = futures::future::join_all(targets.iter().map(|h| self.ask(h, name))).await;
+        crate::autoscale::sum(states.into_iter().flatten().map(|s| s.load))
+    }
+
+    /// This node's id.
+    pub(crate) fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// The placement computed last.
+    pub(crate) fn view(&self) -> arc_swap::Guard<Arc<View>> {
+        self.view.load()
+    }
+
+    /// Recent placement changes, oldest first.
+    pub(crate) fn changes(&self) -> Vec<Change> {
+        self.lock_changes().iter().cloned().collect()
+    }
+
+    /// Asks for a recomputation now (the deployments changed).
+    pub(crate) fn poke(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Sets the autoscaled replica counts (by deployment name).
+    pub(crate) fn set_scaled(&self, scaled: BTreeMap<String, u32>) {
+        if **self.scaled.load() != scaled {
+            self.scaled.store(Arc::new(scaled));
+            self.poke();
+        }
+    }
+
+    /// The replicas wanted for `d` now.
+    pub(crate) fn desired_for(&self, d: &Deployment) -> u32 {
+        let name = d.component.name();
+        desired(
+            &d.component.manifest().intent.replicas,
+            self.scaled.load().get(name).copied(),
+        )
+    }
+
+    fn lock_changes(&self) -> std::sync::MutexGuard<'_, VecDeque<Change>> {
+        self.changes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Follows membership and deployments until the node stops.
+    pub(crate) async fn run(self: Arc<Self>) {
+        let Some(mesh) = self.mesh.clone() else {
+            return;
+        };
+        let mut last_inputs: Option<u64> = None;
+        let mut last_compute = Instant::now();
+        let mut previous_alive: BTreeSet<NodeId> = BTreeSet::new();
+        let mut down: HashSet<NodeId> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(PERIOD) => {}
+            }
+            let Ok(members) = mesh.members().await else {
+                continue;
+            };
+            // Connections to members declared dead or gone are closed at
+            // once, so requests in flight to them fail over now rather than
+            // at the QUIC idle timeout.
+            for m in &members {
+                let gone = matches!(
+                    m.status,
+                    MemberStatus::Dead | MemberStatus::Left | MemberStatus::Revoked
+                );
+                if gone && down.insert(m.id) {
+                    mesh.endpoint().close_peer(&m.id);
+                } else if !gone {
+                    down.remove(&m.id);
+                }
+            }
+            let deployments = self.deployments.list();
+            let inputs = self.fingerprint(&members, &deployments);
+            let latency = deployments
+                .iter()
+                .any(|d| d.component.manifest().intent.latency.is_some());
+            let stale = latency && last_compute.elapsed() >= REFRESH;
+            if last_inputs != Some(inputs) || stale {
+                last_inputs = Some(inputs);
+                last_compute = Instant::now();
+                let alive: BTreeSet<NodeId> = members
+                    .iter()
+                    .filter(|m| member_alive(m))
+                    .map(|m| m.id)
+                    .collect();
+                let reason = membership_reason(&previous_alive, &alive);
+                previous_alive = alive;
+                self.recompute(&members, &deployments, &reason);
+            }
+            self.unload_standby(&deployments);
+        }
+    }
+
+    /// A hash of everything placement reads except coordinates.
+    fn fingerprint(&self, members: &[Member], deployments: &[Arc<Deployment>]) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for m in members {
+            m.id.as_bytes().hash(&mut h);
+            member_alive(m).hash(&mut h);
+            (m.status == MemberStatus::Alive).hash(&mut h);
+            if let Some(meta) = &m.metadata {
+                meta.region.hash(&mut h);
+                meta.labels.hash(&mut h);
+                meta.capacity.memory_bytes.hash(&mut h);
+            }
+        }
+        for d in deployments {
+            d.component.name().hash(&mut h);
+            d.essence_hash.hash(&mut h);
+            self.desired_for(d).hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Computes the placement, applies this node's share and records what
+    /// moved.
+    fn recompute(&self, members: &[Member], deployments: &[Arc<Deployment>], reason: &str) {
+        let placement_members: Vec<aether_placement::Member> = members
+            .iter()
+            .filter_map(|m| {
+                let meta = m.metadata.as_ref()?;
+                Some(aether_placement::Member {
+                    id: *m.id.as_bytes(),
+                    region: meta.region.clone(),
+                    labels: meta.labels.iter().cloned().collect(),
+                    capacity_memory: meta.capacity.memory_bytes,
+                    reserved_memory: 0,
+                    cores: meta.capacity.cores,
+                    alive: member_alive(m),
+                    coordinate: m.coordinate,
+                })
+            })
+            .collect();
+        let wanted: Vec<aether_placement::Deployment> = deployments
+            .iter()
+            .map(|d| {
+                let mut hash = [0u8; 32];
+                let _ = hex::decode_to_slice(d.component.content_hash(), &mut hash);
+                aether_placement::Deployment::from_manifest(
+                    d.component.manifest(),
+                    hash,
+                    self.desired_for(d),
+                )
+            })
+            .collect();
+        let placement = match aether_placement::place(&wanted, &placement_members) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("placement not computed: {e}");
+                return;
+            }
+        };
+        let by_id: BTreeMap<[u8; 32], &Member> =
+            members.iter().map(|m| (*m.id.as_bytes(), m)).collect();
+        let mut hosts: BTreeMap<String, Vec<Host>> = BTreeMap::new();
+        for (name, assigned) in &placement.assignments {
+            let list = assigned
+                .iter()
+                .filter_map(|(id, instances)| {
+                    let m = by_id.get(id)?;
+                    Some(Host {
+                        id: m.id,
+                        instances: *instances,
+                        mesh_addr: m.mesh_addr,
+                        rtt: m.rtt,
+                        healthy: m.status == MemberStatus::Alive,
+                    })
+                })
+                .collect();
+            hosts.insert(name.clone(), list);
+        }
+        let desired: BTreeMap<String, u32> =
+            wanted.iter().map(|d| (d.name.clone(), d.desired)).collect();
+        let view = View {
+            meshed: true,
+            hosts,
+            desired,
+            reports: placement.reports,
+            computed_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            members: placement_members,
+            inputs: wanted.into_iter().map(|d| (d.name.clone(), d)).collect(),
+            addresses: members.iter().map(|m| (m.id, m.mesh_addr)).collect(),
+        };
+        let old = self.view.swap(Arc::new(view));
+        let new = self.view.load();
+        self.record_changes(&old, &new, reason);
+        for report in &new.reports {
+            tracing::warn!("placement: {report}");
+        }
+        for d in deployments {
+            let name = d.component.name();
+            let hosted = new
+                .hosts
+                .get(name)
+                .is_some_and(|h| h.iter().any(|h| h.id == self.me));
+            let was = d.set_hosted(hosted);
+            if hosted && !was {
+                tracing::info!(component = %name, "placed on this node; starting it");
+                let d = d.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = d.component.activate().await {
+                        tracing::warn!(component = %d.component.name(), "cannot start: {e}");
+                    }
+                });
+            } else if !hosted && was {
+                tracing::info!(component = %name, "no longer placed on this node");
+            }
+        }
+    }
+
+    fn record_changes(&self, old: &View, new: &View, reason: &str) {
+        if !old.meshed {
+            return;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let names: BTreeSet<&String> = old.hosts.keys().chain(new.hosts.keys()).collect();
+        let mut changes = self.lock_changes();
+        for name in names {
+            let before: BTreeSet<NodeId> = old
+                .hosts
+                .get(name)
+                .map(|h| h.iter().map(|h| h.id).collect())
+                .unwrap_or_default();
+            let after: BTreeSet<NodeId> = new
+                .hosts
+                .get(name)
+                .map(|h| h.iter().map(|h| h.id).collect())
+                .unwrap_or_default();
+            if before == after {
+                continue;
+            }
+            let reason = if old.desired.get(name) != new.desired.get(name) {
+                format!(
+                    "replicas wanted {} → {}",
+                    old.desired.get(name).copied().unwrap_or(0),
+                    new.desired.get(name).copied().unwrap_or(0)
+                )
+            } else {
+                reason.to_string()
+            };
+            changes.push_back(Change {
+                at: now,
+                deployment: name.clone(),
+                added: after.difference(&before).map(ToString::to_string).collect(),
+                removed: before.difference(&after).map(ToString::to_string).collect(),
+                reason,
+            });
+            while changes.len() > CHANGES_KEPT {
+                changes.pop_front();
+            }
+        }
+    }
+
+    /// Unloads deployments this node does not host once they are idle.
+    fn unload_standby(&self, deployments: &[Arc<Deployment>]) {
+        if !self.view.load().meshed {
+            return;
+        }
+        for d in deployments {
+            if !d.is_hosted()
+                && d.component.is_active()
+                && d.component.idle_for() >= STANDBY_UNLOAD_AFTER
+            {
+                d.component.deactivate();
+            }
+        }
+    }
+}
+
+/// Mesh channel on which nodes ask each other what they run.
+pub const CHANNEL_CONTROL: u8 = 5;
+/// Bound on asking one host for its state.
+const ASK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a host says about one deployment.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct HostState {
+    /// It holds the deployment.
+    pub known: bool,
+    /// Placement puts a replica on it, as it sees it.
+    pub hosted: bool,
+    /// It is loaded (not scaled to zero).
+    pub active: bool,
+    /// Instances running now.
+    pub instances: usize,
+    /// Its load over the last window.
+    #[serde(default)]
+    pub load: crate::autoscale::LocalLoad,
+}
+
+fn local_state(
+    deployments: &Deployments,
+    sampler: &crate::autoscale::LoadSampler,
+    name: &str,
+) -> HostState {
+    match deployments.get(name) {
+        Some(d) => HostState {
+            known: true,
+            hosted: d.is_hosted(),
+            active: d.component.is_active(),
+            instances: d.component.running_instances(),
+            load: sampler.load(name),
+        },
+        None => HostState::default(),
+    }
+}
+
+/// Answers peers asking what this node runs, until the node stops.
+pub(crate) async fn serve_control(
+    mut incoming: tokio::sync::mpsc::Receiver<aether_transport::IncomingStream>,
+    deployments: Arc<Deployments>,
+    sampler: Arc<crate::autoscale::LoadSampler>,
+) {
+    while let Some(mut stream) = incoming.recv().await {
+        let deployments = deployments.clone();
+        let sampler = sampler.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(name)) =
+                tokio::time::timeout(ASK_TIMEOUT, stream.recv.read_to_end(256)).await
+            else {
+                return;
+            };
+            let state = local_state(&deployments, &sampler, &String::from_utf8_lossy(&name));
+            let reply = serde_json::to_vec(&state).unwrap_or_default();
+            let _ = stream.send.write_all(&reply).await;
+            let _ = stream.send.finish();
+        });
+    }
+}
+
+impl Schedule {
+    /// Asks `host` what it runs of `name`; `None` when it does not answer in time.
+    async fn ask(&self, host: &Host, name: &str) -> Option<HostState> {
+        if host.id == self.me {
+            return Some(local_state(&self.deployments, &self.sampler, name));
+        }
+        let mesh = self.mesh.as_ref()?;
+        let endpoint = mesh.endpoint().clone();
+        let ask = async {
+            endpoint.connect(host.mesh_addr, Some(host.id)).await.ok()?;
+            let (mut send, mut recv) =
+                endpoint.open_stream(&host.id, CHANNEL_CONTROL).await.ok()?;
+            send.write_all(name.as_bytes()).await.ok()?;
+            let _ = send.finish();
+            let reply = recv.read_to_end(4096).await.ok()?;
+            serde_json::from_slice(&reply).ok()
+        };
+        tokio::time::timeout(ASK_TIMEOUT, ask).await.ok().flatten()
+    }
+
+    /// Where `d` runs across the lattice; with `detailed`, also its ranking
+    /// and each host's state (asked over the mesh).
+    pub(crate) async fn placement_json(
+        &self,
+        d: &Deployment,
+        detailed: bool,
+    ) -> Option<aether_admin::types::PlacementJson> {
+        use aether_admin::types::{
+            HostJson, PlacementChangeJson, PlacementJson, RankJson, UnsatisfiedJson,
+        };
+        let view = self.view.load_full();
+        if !view.meshed {
+            return None;
+        }
+        let name = d.component.name();
+        let hosts = view.hosts.get(name).cloned().unwrap_or_default();
+        let region_of = |id: &NodeId| {
+            view.members
+                .iter()
+                .find(|m| m.id == *id.as_bytes())
+                .map(|m| m.region.clone())
+                .unwrap_or_default()
+        };
+        let states: Vec<Option<HostState>> = if detailed {
+            futures::future::join_all(hosts.iter().map(|h| self.ask(h, name))).await
+        } else {
+            hosts
+                .iter()
+                .map(|h| {
+                    (h.id == self.me).then(|| local_state(&self.deployments, &self.sampler, name))
+                })
+                .collect()
+        };
+        let mut running = 0;
+        let host_rows = hosts
+            .iter()
+            .zip(&states)
+            .map(|(h, state)| {
+                let state = match state {
+                    Some(s) if s.active && s.hosted => {
+                        running += h.instances;
+                        "running"
+                    }
+                    Some(s) if s.hosted => "scaled-to-zero",
+                    Some(_) => "starting",
+                    None if detailed || h.id == self.me => "unreachable",
+                    None => "placed",
+                };
+                HostJson {
+                    node: h.id.to_string(),
+                    region: region_of(&h.id),
+                    instances: h.instances,
+                    state: state.to_string(),
+                    rtt_ms: h.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                    is_self: h.id == self.me,
+                }
+            })
+            .collect();
+        let ranking = match (detailed, view.inputs.get(name)) {
+            (true, Some(input)) => aether_placement::explain(input, &view.members)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| {
+                    let eligible = c.eligibility == aether_placement::Eligibility::Eligible;
+                    RankJson {
+                        node: aether_identity::PublicKey::from_bytes(&c.member)
+                            .map_or_else(|_| hex::encode(c.member), |k| k.to_string()),
+                        region: c.region,
+                        score: c.score,
+                        eligible,
+                        reason: (!eligible).then(|| c.eligibility.to_string()),
+                        rtt_from_ms: c.rtt_from.map(|r| r.as_secs_f64() * 1000.0),
+                        hosts: hosts.iter().any(|h| *h.id.as_bytes() == c.member),
+                    }
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(PlacementJson {
+            desired: view.desired.get(name).copied().unwrap_or(0),
+            placed: hosts.iter().map(|h| h.instances).sum(),
+            running,
+            hosts: host_rows,
+            ranking,
+            unsatisfied: view
+                .reports
+                .iter()
+                .filter(|r| r.deployment == name)
+                .map(|r| UnsatisfiedJson {
+                    constraint: r.constraint.to_string(),
+                    detail: r.detail.clone(),
+                })
+                .collect(),
+            changes: self
+                .changes()
+                .into_iter()
+                .filter(|c| c.deployment == name)
+                .map(|c| PlacementChangeJson {
+                    at: c.at,
+                    added: c.added,
+                    removed: c.removed,
+                    reason: c.reason,
+                })
+                .collect(),
+            computed_at_ms: view.computed_at_ms,
+        })
+    }
+}
+
+/// Whether placement may use `m`: alive or merely suspect (a suspect that
+/// refutes keeps its replicas; one declared dead loses them).
+fn member_alive(m: &Member) -> bool {
+    matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect)
+}
+
+/// Why the inputs changed, in words, from the alive sets before and after.
+fn membership_reason(before: &BTreeSet<NodeId>, after: &BTreeSet<NodeId>) -> String {
+    let mut parts = Vec::new();
+    let gone: Vec<String> = before.difference(after).map(short).collect();
+    let came: Vec<String> = after.difference(before).map(short).collect();
+    if !gone.is_empty() {
+        parts.push(format!("member(s) down: {}", gone.join(", ")));
+    }
+    if !came.is_empty() && !before.is_empty() {
+        parts.push(format!("member(s) up: {}", came.join(", ")));
+    }
+    if parts.is_empty() {
+        "deployments or member metadata changed".to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// A node id shortened for messages.
+pub(crate) fn short(id: &NodeId) -> String {
+    let text = id.to_string();
+    let key = text.strip_prefix("ed25519:").unwrap_or(&text);
+    key.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn desired_replicas_follow_the_intent() {
+        assert_eq!(desired(&Replicas::Fixed(3), Some(7)), 3);
+        assert_eq!(desired(&Replicas::Range { min: 0, max: 5 }, None), 1);
+        assert_eq!(desired(&Replicas::Range { min: 2, max: 5 }, None), 2);
+        assert_eq!(desired(&Replicas::Range { min: 0, max: 5 }, Some(0)), 0);
+        assert_eq!(desired(&Replicas::Range { min: 1, max: 5 }, Some(9)), 5);
+        assert_eq!(desired(&Replicas::Range { min: 2, max: 5 }, Some(0)), 2);
+    }
+
+    #[test]
+    fn membership_reasons_name_the_members() {
+        let a = aether_identity::SecretKey::generate().public();
+        let b = aether_identity::SecretKey::generate().public();
+        let before: BTreeSet<NodeId> = [a, b].into_iter().collect();
+        let after: BTreeSet<NodeId> = [a].into_iter().collect();
+        let reason = membership_reason(&before, &after);
+        assert!(
+            reason.contains("down") && reason.contains(&short(&b)),
+            "{reason}"
+        );
+        assert!(membership_reason(&after, &before).contains("up"));
+    }
+}

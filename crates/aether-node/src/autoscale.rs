@@ -152,15 +152,18 @@ pub(crate) async fn run(
             }
             let current = schedule.desired_for(&d);
             let observed = schedule.lattice_load(&name, current == 0).await;
+            // A component that may idle to zero sooner than the usual quiet
+            // period also gives up extra replicas that soon.
+            let idle_timeout = d
+                .component
+                .idle_timeout()
+                .unwrap_or(aether_runtime::DEFAULT_IDLE_TIMEOUT);
             let policy = ScalePolicy {
                 target_concurrency: (f64::from(d.component.manifest().limits.max_concurrency)
                     * TARGET_UTILISATION)
                     .max(1.0),
-                scale_down_after: SCALE_DOWN_AFTER,
-                idle_timeout: d
-                    .component
-                    .idle_timeout()
-                    .unwrap_or(aether_runtime::DEFAULT_IDLE_TIMEOUT),
+                scale_down_after: SCALE_DOWN_AFTER.min(idle_timeout),
+                idle_timeout,
             };
             let next = aether_placement::autoscale(
                 current,

@@ -79,6 +79,7 @@ pub struct Deployments {
     essence_dir: PathBuf,
     current: ArcSwap<Snapshot>,
     writer: tokio::sync::Mutex<()>,
+    changed: tokio::sync::Notify,
 }
 
 /// Hex SHA-256 of an essence file.
@@ -105,7 +106,13 @@ impl Deployments {
                 routes: RouteTable::default(),
             }),
             writer: tokio::sync::Mutex::new(()),
+            changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Notified after every deploy or removal (one waiter: the schedule).
+    pub(crate) fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
     }
 
     /// The runtime components run on.
@@ -163,6 +170,7 @@ impl Deployments {
         let routes = build_routes(&by_name, Some(&name))?;
         self.persist(&name, &essence)?;
         self.current.store(Arc::new(Snapshot { by_name, routes }));
+        self.changed.notify_one();
         tracing::info!(
             component = %name,
             hash = %deployment.component.content_hash(),
@@ -187,6 +195,7 @@ impl Deployments {
             Err(source) => return Err(DeployError::Storage { path, source }),
         }
         self.current.store(Arc::new(Snapshot { by_name, routes }));
+        self.changed.notify_one();
         tracing::info!(component = %name, "removed");
         Ok(true)
     }

@@ -25,7 +25,7 @@ use aether_runtime::ResponseBody;
 
 use crate::deployments::Deployments;
 use crate::forward::Forwarder;
-use crate::schedule::Schedule;
+use crate::schedule::{RouteTo, Schedule};
 
 /// What the ingress needs to route a request: the deployments, and in a
 /// lattice the placement and the way to a host.
@@ -222,13 +222,23 @@ async fn route(
     if !deployment.is_hosted()
         && let Some((schedule, forwarder)) = &routing.lattice
     {
-        let targets = schedule
+        let route = schedule
             .view()
-            .forward_targets(deployment.component.name(), schedule.me());
-        if !targets.is_empty() {
-            match forwarder.forward(req, &targets, client).await {
+            .route(deployment.component.name(), schedule.me());
+        match route {
+            RouteTo::Here => {}
+            RouteTo::Hosts(hosts) => match forwarder.forward(req, &hosts, client).await {
                 Ok(resp) => return resp,
                 Err(back) => req = *back,
+            },
+            RouteTo::Unplaced(why) => {
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "{} has no replica: no member satisfies its intent ({why})\n",
+                        deployment.component.name()
+                    ),
+                );
             }
         }
     }

@@ -73,21 +73,59 @@ pub(crate) struct View {
     pub inputs: BTreeMap<String, aether_placement::Deployment>,
     /// Mesh addresses of the members.
     pub addresses: BTreeMap<NodeId, SocketAddr>,
+    /// For each deployment scaled to zero, the member that would host its
+    /// first replica: requests go there and activate it.
+    pub standby: BTreeMap<String, Host>,
+}
+
+/// Where the ingress sends a request for a deployment.
+pub(crate) enum RouteTo {
+    /// Serve it here.
+    Here,
+    /// Forward it to one of these hosts, in this order.
+    Hosts(Vec<Host>),
+    /// Placement found no host that satisfies the intent; why.
+    Unplaced(String),
 }
 
 impl View {
-    /// Hosts of `name` other than `me` to forward a request to: healthy ones
-    /// first, nearest first. Empty when `me` hosts it or nobody does.
-    pub(crate) fn forward_targets(&self, name: &str, me: &NodeId) -> Vec<Host> {
-        let Some(hosts) = self.hosts.get(name) else {
-            return Vec::new();
-        };
-        if hosts.iter().any(|h| h.id == *me) {
-            return Vec::new();
+    /// Where a request for `name` goes from node `me`: here when `me` hosts
+    /// it (or before any placement was computed); else its hosts, healthy
+    /// ones first, nearest first. A deployment scaled to zero goes to its
+    /// best-ranked member, which activates it.
+    pub(crate) fn route(&self, name: &str, me: &NodeId) -> RouteTo {
+        if !self.meshed {
+            return RouteTo::Here;
         }
-        let mut out = hosts.clone();
-        out.sort_by_key(|h| (!h.healthy, h.rtt.unwrap_or(Duration::MAX)));
-        out
+        if let Some(hosts) = self.hosts.get(name).filter(|h| !h.is_empty()) {
+            if hosts.iter().any(|h| h.id == *me) {
+                return RouteTo::Here;
+            }
+            let mut out = hosts.clone();
+            out.sort_by_key(|h| (!h.healthy, h.rtt.unwrap_or(Duration::MAX)));
+            return RouteTo::Hosts(out);
+        }
+        match self.desired.get(name) {
+            // Newer than this placement: it is placed on the next round.
+            None => RouteTo::Here,
+            Some(0) => match self.standby.get(name) {
+                Some(h) if h.id != *me => RouteTo::Hosts(vec![h.clone()]),
+                _ => RouteTo::Here,
+            },
+            Some(_) => {
+                let why: Vec<String> = self
+                    .reports
+                    .iter()
+                    .filter(|r| r.deployment == name)
+                    .map(|r| format!("{}: {}", r.constraint, r.detail))
+                    .collect();
+                RouteTo::Unplaced(if why.is_empty() {
+                    "no member can host it".to_string()
+                } else {
+                    why.join("; ")
+                })
+            }
+        }
     }
 }
 
@@ -160,17 +198,7 @@ impl Schedule {
         if let Some(first) = view.hosts.get(name).and_then(|h| h.first()) {
             return first.id == self.me;
         }
-        let Some(input) = view.inputs.get(name) else {
-            return false;
-        };
-        aether_placement::explain(input, &view.members)
-            .ok()
-            .and_then(|ranking| {
-                ranking
-                    .into_iter()
-                    .find(|c| c.eligibility == aether_placement::Eligibility::Eligible)
-            })
-            .is_some_and(|c| c.member == *self.me.as_bytes())
+        view.standby.get(name).is_some_and(|h| h.id == self.me)
     }
 
     /// The load of `name` summed over its hosts, or over every alive member
@@ -257,6 +285,7 @@ impl Schedule {
         loop {
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = self.deployments.changed().notified() => {}
                 _ = tokio::time::sleep(PERIOD) => {}
             }
             let Ok(members) = mesh.members().await else {
@@ -376,6 +405,28 @@ impl Schedule {
                 .collect();
             hosts.insert(name.clone(), list);
         }
+        let mut standby = BTreeMap::new();
+        for d in wanted.iter().filter(|d| d.desired == 0) {
+            let best = aether_placement::explain(d, &placement_members)
+                .ok()
+                .and_then(|ranking| {
+                    ranking
+                        .into_iter()
+                        .find(|c| c.eligibility == aether_placement::Eligibility::Eligible)
+                });
+            if let Some(m) = best.and_then(|c| by_id.get(&c.member).copied()) {
+                standby.insert(
+                    d.name.clone(),
+                    Host {
+                        id: m.id,
+                        instances: 0,
+                        mesh_addr: m.mesh_addr,
+                        rtt: m.rtt,
+                        healthy: m.status == MemberStatus::Alive,
+                    },
+                );
+            }
+        }
         let desired: BTreeMap<String, u32> =
             wanted.iter().map(|d| (d.name.clone(), d.desired)).collect();
         let view = View {
@@ -389,6 +440,7 @@ impl Schedule {
             members: placement_members,
             inputs: wanted.into_iter().map(|d| (d.name.clone(), d)).collect(),
             addresses: members.iter().map(|m| (m.id, m.mesh_addr)).collect(),
+            standby,
         };
         let old = self.view.swap(Arc::new(view));
         let new = self.view.load();

@@ -11,6 +11,19 @@ pub struct HttpResponse {
     pub status: u16,
     /// Body, de-chunked, as text.
     pub body: String,
+    /// Headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lower case).
+    #[allow(dead_code)]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// One request; panics when it fails.
@@ -56,10 +69,13 @@ fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     let head = std::str::from_utf8(&raw[..end]).ok()?;
     let mut lines = head.split("\r\n");
     let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
     let rest = &raw[end + 4..];
     let body = if chunked {
         dechunk(rest)?
@@ -69,6 +85,7 @@ fn parse_response(raw: &[u8]) -> Option<HttpResponse> {
     Some(HttpResponse {
         status,
         body: String::from_utf8_lossy(&body).into_owned(),
+        headers,
     })
 }
 

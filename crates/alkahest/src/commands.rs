@@ -44,14 +44,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_build,
             nodes,
         } => {
-            // A local lattice of 3 by default, where nodes can take
-            // consecutive loopback addresses; one node otherwise.
-            let lattice_fits = matches!(listen.ip(), std::net::IpAddr::V4(ip) if ip.is_loopback());
-            let nodes = nodes.unwrap_or(if lattice_fits && admin_listen.is_none() {
-                3
-            } else {
-                1
+            // A local lattice of 3 by default; a node of its own where the
+            // caller chose the addresses.
+            let explicit = listen.is_some() || admin_listen.is_some();
+            let listen = listen.unwrap_or_else(|| {
+                SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, DEFAULT_UP_PORT))
             });
+            let nodes = nodes.unwrap_or(if explicit { 1 } else { 3 });
             if nodes > 1 {
                 up_lattice(
                     &home,
@@ -510,6 +509,9 @@ async fn up(
     Ok(())
 }
 
+/// The HTTP port `up` serves on by default.
+const DEFAULT_UP_PORT: u16 = 8080;
+
 /// The admin address `up` uses on `ip`: port 7070 when free there, else any.
 fn admin_addr_on(ip: std::net::IpAddr) -> SocketAddr {
     let preferred = SocketAddr::new(ip, aether_admin::DEFAULT_ADMIN_PORT);
@@ -639,8 +641,9 @@ async fn up_lattice(
     let status = nodes[0].deployments().status(&deployment);
     let _ = std::fs::write(home.node_file(), nodes[0].admin_addr().to_string());
     println!(
-        "Serving {} on a local lattice of {count} nodes (deployed once, on every node after {} ms):",
+        "Serving {} at http://{}/ on a local lattice of {count} nodes (deployed once, on every node after {} ms):",
         status.name,
+        nodes[0].http_addr(),
         started.elapsed().as_millis()
     );
     if !all_ready {

@@ -39,15 +39,16 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
-    /// Build, start a local node in the foreground, deploy, print the URL.
-    /// Ctrl-C stops cleanly.
+    /// Build, start a local lattice (or one node) in the foreground, deploy,
+    /// print the URLs. Ctrl-C stops cleanly.
     Up {
         /// Project directory (holding the Aetherfile). Default: current directory.
         #[arg(default_value = ".")]
         dir: PathBuf,
-        /// Address the HTTP ingress listens on.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
+        /// Address the HTTP ingress listens on (the first node's, with
+        /// --nodes). Default: 127.0.0.1:8080.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
         /// Address of the admin API. Default: 127.0.0.1:7070, or any free
         /// port when that one is taken.
         #[arg(long)]
@@ -57,7 +58,7 @@ enum Command {
         no_build: bool,
         /// Start a local lattice of this many nodes (127.0.0.1, .2, … with
         /// the --listen port each), deploy once, and serve from every node.
-        /// Default: 3 on an IPv4 loopback --listen address, else 1.
+        /// Default: 3, or 1 when --listen or --admin-listen is given.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=32))]
         nodes: Option<u8>,
     },

@@ -11,8 +11,8 @@
 # 2. kill-to-restored: SIGKILL the host; time until another node's `alkahest status --json`
 #    shows the replica placed elsewhere and running (ROUNDS rounds; the node restarts between).
 # 3. scale to zero across the lattice: a `replicas = { min = 0, max = 1 }` deployment idles to
-#    zero, then the first request through a node that does not host it (forward + activation
-#    from the compile cache) against a warm forwarded request.
+#    zero, then the first request through a node that would not host it (forward + activation
+#    from the compile cache on the best-ranked member) against the next, warm, request.
 # 4. placement recomputation for 10 000 deployments on 1 000 members (aether-placement's
 #    example).
 #
@@ -24,6 +24,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${ROUNDS:-3}"
+WORKERS="${BENCH_WORKERS:-2}"   # ingress threads per node, as aether-d defaults on this machine
 HTTP_PORT=18090
 ADMIN_PORT=17090
 command -v wrk >/dev/null || { apt-get install -y wrk >/dev/null 2>&1 || sudo apt-get install -y wrk >/dev/null; }
@@ -50,8 +51,8 @@ start() { # start N [join]
     args=(--join "$(ip 1):7946" --invite "$("$ALK" invite --expires 1h)")
   fi
   "$ROOT/target/release/aether-d" --data-dir "$WORK/data$n" --bind "$(ip "$n")" \
-    --http-port "$HTTP_PORT" --admin-port "$ADMIN_PORT" --workers 1 "${args[@]}" \
-    2>>"$WORK/node$n.log" &
+    --http-port "$HTTP_PORT" --admin-port "$ADMIN_PORT" --workers "$WORKERS" "${args[@]}" \
+    >>"$WORK/node$n.log" 2>&1 &
   PIDS[$n]=$!
   for _ in $(seq 1 100); do curl -s -o /dev/null "http://$(admin "$n")/healthz" && return; sleep 0.1; done
   echo "node $n did not start; see its log:" >&2; tail -20 "$WORK/node$n.log" >&2; exit 1
@@ -93,11 +94,15 @@ for _ in $(seq 1 100); do host_id="$(hosts_of 1 hello)"; [ -n "$host_id" ] && br
 host="$(node_of_id "$host_id")"
 other=$(( host % 5 + 1 ))
 log "hello runs on node $host; node $other forwards to it"
-for n in "$host" "$other"; do curl -sf -o /dev/null "http://$(ip "$n"):$HTTP_PORT/hello"; done
+for n in "$host" "$other"; do
+  for _ in $(seq 1 100); do curl -sf -o /dev/null "http://$(ip "$n"):$HTTP_PORT/hello" && break; sleep 0.1; done
+done
 
-bench() { # bench URL -> "rps p50_ms p99_ms"
-  wrk -t2 -c32 -d2s "$1" >/dev/null 2>&1
-  wrk -t2 -c32 -d"$DURATION" --latency "$1" | awk '
+bench() { # bench URL [wrk load args] -> "rps p50_ms p99_ms"
+  local url=$1; shift
+  local load=("$@"); [ ${#load[@]} -gt 0 ] || load=(-t2 -c32)
+  wrk "${load[@]}" -d2s "$url" >/dev/null 2>&1
+  wrk "${load[@]}" -d"$DURATION" --latency "$url" | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /Requests\/sec/ { rps = $2 }
     /^ +50%/ { p50 = ms($2) }
@@ -107,15 +112,20 @@ bench() { # bench URL -> "rps p50_ms p99_ms"
 log "wrk against the host (local) and against a forwarding node, $DURATION each"
 read -r l_rps l_p50 l_p99 <<<"$(bench "http://$(ip "$host"):$HTTP_PORT/hello")"
 read -r f_rps f_p50 f_p99 <<<"$(bench "http://$(ip "$other"):$HTTP_PORT/hello")"
+log "the same with one connection (latency without queueing)"
+read -r l1_rps l1_p50 l1_p99 <<<"$(bench "http://$(ip "$host"):$HTTP_PORT/hello" -t1 -c1)"
+read -r f1_rps f1_p50 f1_p99 <<<"$(bench "http://$(ip "$other"):$HTTP_PORT/hello" -t1 -c1)"
 
-echo "## Lattice: 5 nodes on loopback, hello-wstd, wrk -t2 -c32 -d$DURATION"
+echo "## Lattice: 5 nodes on loopback ($WORKERS ingress threads each), hello-wstd, wrk -t2 -c32 -d$DURATION"
 echo
 echo "| path | req/s | p50 (ms) | p99 (ms) |"
 echo "|---|---:|---:|---:|"
 echo "| served locally by its host (reference) | $l_rps | $l_p50 | $l_p99 |"
 echo "| forwarded one hop over the mesh | $f_rps | $f_p50 | $f_p99 |"
-awk -v lr="$l_rps" -v fr="$f_rps" -v lp="$l_p50" -v fp="$f_p50" 'BEGIN {
-  printf "forwarded: %.0f%% of local req/s (bar >= 50%%), p50 adds %.3f ms (bar <= 0.5 ms)\n", 100 * fr / lr, fp - lp }'
+echo "| one connection (wrk -t1 -c1): served locally | $l1_rps | $l1_p50 | $l1_p99 |"
+echo "| one connection (wrk -t1 -c1): forwarded | $f1_rps | $f1_p50 | $f1_p99 |"
+awk -v lr="$l_rps" -v fr="$f_rps" -v lp="$l_p50" -v fp="$f_p50" -v l1="$l1_p50" -v f1="$f1_p50" 'BEGIN {
+  printf "forwarded: %.0f%% of local req/s (bar >= 50%%); p50 adds %.3f ms at 32 connections, %.3f ms at one (bar <= 0.5 ms)\n", 100 * fr / lr, fp - lp, f1 - l1 }'
 echo
 
 log "kill-to-restored, $ROUNDS rounds"
@@ -161,14 +171,20 @@ p = json.load(sys.stdin).get("placement") or {}
 print(p.get("desired"), p.get("running"))')"
     [ "$d" = "0 0" ] && break; sleep 0.1
   done
-  # A node that would not host the first replica: it forwards the activating request.
-  target=1
+  # A node that would not host the first replica (the best-ranked member does): it
+  # forwards the activating request.
+  first_id="$("$ALK" --node "$(admin 1)" status sleepy --json | python3 -c '
+import json, sys
+p = json.load(sys.stdin).get("placement") or {}
+print(p["ranking"][0]["node"] if p.get("ranking") else "")')"
+  first="$(node_of_id "$first_id")"
+  target=$(( ${first:-1} % 5 + 1 ))
   cold+=("$(curl -s -o /dev/null -w '%{time_total}' "http://$(ip "$target"):$HTTP_PORT/sleepy")")
   warm+=("$(curl -s -o /dev/null -w '%{time_total}' "http://$(ip "$target"):$HTTP_PORT/sleepy")")
   sleep 3
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]*1000}'; }
-echo "| scale to zero ($ROUNDS rounds, through node 1) | median (ms) |"
+echo "| scale to zero ($ROUNDS rounds, through a node that forwards to the activating one) | median (ms) |"
 echo "|---|---:|"
 echo "| warm request (reference) | $(median "${warm[@]}") |"
 echo "| first request after the lattice scaled to zero (bar <= 50 ms) | $(median "${cold[@]}") |"

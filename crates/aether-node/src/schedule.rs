@@ -11,7 +11,7 @@
 //!
 //! Placement is recomputed when the deployments change, when membership
 //! changes (a member alive or not, its region, labels or memory), and every
-//! few seconds while a deployment has a latency target (coordinates drift).
+//! few seconds (coordinates drift: latency targets and the nearest host).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
@@ -29,8 +29,8 @@ use crate::deployments::{Deployment, Deployments};
 
 /// How often membership is looked at for changes.
 const PERIOD: Duration = Duration::from_millis(250);
-/// Placement is recomputed at least this often while a deployment has a
-/// latency target, because coordinates move.
+/// Placement is recomputed at least this often, because coordinates move
+/// (latency targets, and the order in which hosts are tried).
 const REFRESH: Duration = Duration::from_secs(5);
 /// A deployment not hosted here is unloaded once it has served nothing for
 /// this long (it may have served requests no host could take).
@@ -307,11 +307,11 @@ impl Schedule {
             }
             let deployments = self.deployments.list();
             let inputs = self.fingerprint(&members, &deployments);
-            let latency = deployments
-                .iter()
-                .any(|d| d.component.manifest().intent.latency.is_some());
-            let stale = latency && last_compute.elapsed() >= REFRESH;
-            if last_inputs != Some(inputs) || stale {
+            // Coordinates drift: latency picks and the nearest-host order
+            // are refreshed every few seconds even when nothing else changed.
+            let stale = last_compute.elapsed() >= REFRESH;
+            let changed = last_inputs != Some(inputs);
+            if changed || stale {
                 last_inputs = Some(inputs);
                 last_compute = Instant::now();
                 let alive: BTreeSet<NodeId> = members
@@ -319,7 +319,11 @@ impl Schedule {
                     .filter(|m| member_alive(m))
                     .map(|m| m.id)
                     .collect();
-                let reason = membership_reason(&previous_alive, &alive);
+                let reason = if changed {
+                    membership_reason(&previous_alive, &alive)
+                } else {
+                    "network coordinates moved".to_string()
+                };
                 previous_alive = alive;
                 self.recompute(&members, &deployments, &reason);
             }

@@ -342,6 +342,13 @@ fn bad_intents_are_reported_routes_collide_and_missing_essences_are_logged() {
                 .any(|n| n.stderr().contains("no member could send the essence"))
         },
     );
+    let asked = common::block_on(nodes[1].client().json::<Value>(
+        Method::GET,
+        "/v1/components/ghost",
+        bytes::Bytes::new(),
+    ));
+    let err = format!("{:?}", asked.expect_err("ghost is not here"));
+    assert!(err.contains("no member could send it"), "{err}");
     for n in &nodes {
         assert_eq!(n.request("GET", "/hello", b"").status, 200);
         let names = n.admin_json(Method::GET, "/v1/status", Vec::new());
@@ -352,6 +359,8 @@ fn bad_intents_are_reported_routes_collide_and_missing_essences_are_logged() {
             "{names}"
         );
     }
+    // Removing it is possible all the same.
+    nodes[2].admin_json(Method::DELETE, "/v1/components/ghost", Vec::new());
 }
 
 #[test]

@@ -264,10 +264,20 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
                 }
                 json(StatusCode::OK, &status)
             }
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("no component named `{name}`"),
-            ),
+            None => match crate::replication::lattice_record(&state.kv, name).await {
+                Some(record) => error(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "`{name}` is deployed in the lattice (essence {}, {} bytes) but this node \
+                         has not got its essence: no member could send it yet (retried every 30 s)",
+                        record.essence_hash, record.size
+                    ),
+                ),
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no component named `{name}`"),
+                ),
+            },
         },
         (&Method::DELETE, ["v1", "components", name]) => {
             match state.deployments.remove(name).await {
@@ -277,10 +287,20 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
                     }
                     json(StatusCode::OK, &serde_json::json!({ "removed": name }))
                 }
-                Ok(false) => error(
-                    StatusCode::NOT_FOUND,
-                    format!("no component named `{name}`"),
-                ),
+                Ok(false) => match (
+                    &state.replication,
+                    crate::replication::lattice_record(&state.kv, name).await,
+                ) {
+                    // Recorded in the lattice without ever arriving here.
+                    (Some(r), Some(_)) => {
+                        r.removed(name).await;
+                        json(StatusCode::OK, &serde_json::json!({ "removed": name }))
+                    }
+                    _ => error(
+                        StatusCode::NOT_FOUND,
+                        format!("no component named `{name}`"),
+                    ),
+                },
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
             }
         }

@@ -10,8 +10,11 @@
 //! essence (publisher signature, trust, limits). A tombstone removes the
 //! component everywhere.
 //!
-//! Every node runs every deployment for now; placement (which nodes host
-//! which replicas) will narrow this.
+//! Every node holds every deployment (so any node can route to it and take
+//! over a replica from its compile cache); placement (`schedule`) decides
+//! which nodes load and serve it. Fetches run off the watch loop, one per
+//! deployment at a time, and the whole bucket is applied again every
+//! [`RESYNC`], which retries essences no member could send.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -34,6 +37,9 @@ pub const CHANNEL_ESSENCES: u8 = 3;
 const CHUNK: usize = 512 * 1024;
 /// Largest essence fetched from a peer.
 const MAX_ESSENCE: u64 = 256 << 20;
+/// How often the whole bucket is applied again (retrying essences that
+/// could not be fetched).
+const RESYNC: Duration = Duration::from_secs(30);
 /// How long one chunk may take before the fetch tries another member.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +62,12 @@ pub struct Record {
     pub deployed_at: u64,
 }
 
+/// The lattice's record of deployment `name`, if it has a live one.
+pub(crate) async fn lattice_record(kv: &KvHandle, name: &str) -> Option<Record> {
+    let entry = kv.get(DEPLOYMENTS_BUCKET, name.as_bytes()).await.ok()??;
+    serde_json::from_slice(entry.value()?).ok()
+}
+
 type Pending = Mutex<HashMap<(String, u64), oneshot::Sender<Reply>>>;
 
 enum Reply {
@@ -69,6 +81,8 @@ pub(crate) struct Replication {
     mesh: MeshHandle,
     deployments: Arc<Deployments>,
     pending: Pending,
+    /// Deployments whose essence is being fetched.
+    fetching: Mutex<std::collections::HashSet<String>>,
 }
 
 fn encode_head(tag: u8, name: &str, hash: &str, offset: u64) -> Vec<u8> {
@@ -115,6 +129,7 @@ impl Replication {
             mesh,
             deployments,
             pending: Mutex::new(HashMap::new()),
+            fetching: Mutex::new(std::collections::HashSet::new()),
         });
         let server = this.clone();
         tokio::spawn(async move {
@@ -223,21 +238,61 @@ impl Replication {
                 _ => {}
             }
         }
+        self.resync().await;
+        let mut tick = tokio::time::interval(RESYNC);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                change = watch.recv() => match change {
+                    Some(change) => {
+                        let update = change.update;
+                        self.apply(update.key(), update.value()).await;
+                    }
+                    None => {
+                        // The watch lagged (or the state restarted): follow
+                        // again from what the bucket holds now.
+                        tracing::warn!("the deployments watch lagged; following it again");
+                        match self.kv.watch(DEPLOYMENTS_BUCKET, b"", 4096).await {
+                            Ok(w) => {
+                                watch = w;
+                                self.resync().await;
+                            }
+                            Err(e) => {
+                                tracing::warn!("cannot follow the lattice's deployments: {e}");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                        }
+                    }
+                },
+                _ = tick.tick() => self.resync().await,
+            }
+        }
+    }
+
+    /// Applies every record of the bucket (those already in effect here are
+    /// no-ops): catches up after a lagged watch, and retries essences no
+    /// member could send earlier.
+    async fn resync(self: &Arc<Self>) {
         if let Ok(entries) = self.kv.list(DEPLOYMENTS_BUCKET, b"", 100_000).await {
             for entry in entries {
                 self.apply(entry.winner().key(), entry.value()).await;
             }
         }
-        while let Some(change) = watch.recv().await {
-            let update = change.update;
-            self.apply(update.key(), update.value()).await;
-        }
-        tracing::warn!(
-            "stopped following the lattice's deployments (the watch lagged or the state stopped)"
-        );
     }
 
-    async fn apply(&self, key: &[u8], value: Option<&Bytes>) {
+    /// Whether the bucket still names `hash` for `name`.
+    async fn still_wanted(&self, name: &str, hash: &str) -> bool {
+        let Ok(Some(entry)) = self.kv.get(DEPLOYMENTS_BUCKET, name.as_bytes()).await else {
+            return false;
+        };
+        entry
+            .value()
+            .and_then(|v| serde_json::from_slice::<Record>(v).ok())
+            .is_some_and(|r| r.essence_hash == hash)
+    }
+
+    async fn apply(self: &Arc<Self>, key: &[u8], value: Option<&Bytes>) {
         let name = String::from_utf8_lossy(key).into_owned();
         let Some(value) = value else {
             if self.deployments.get(&name).is_some() {
@@ -266,23 +321,47 @@ impl Replication {
             tracing::warn!(component = %name, size = record.size, "deployment too large to fetch");
             return;
         }
-        match self.fetch(&record).await {
-            Some(bytes) => match self.deployments.deploy(bytes).await {
-                Ok((d, _)) => tracing::info!(
-                    component = %name,
-                    hash = %d.essence_hash,
-                    "deployed from the lattice"
-                ),
-                Err(e) => {
-                    tracing::warn!(component = %name, "the lattice's deployment is refused here: {e}")
-                }
-            },
-            None => tracing::warn!(
-                component = %name,
-                essence = %record.essence_hash,
-                "no member could send the essence; will retry when the deployment changes or the node restarts"
-            ),
+        // One fetch per deployment at a time, off the watch loop, so a slow
+        // or impossible fetch never holds up other deployments.
+        if !self
+            .fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone())
+        {
+            return;
         }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let fetched = this.fetch(&record).await;
+            match fetched {
+                // The record may have changed or been removed meanwhile.
+                Some(bytes) if this.still_wanted(&name, &record.essence_hash).await => {
+                    match this.deployments.deploy(bytes).await {
+                        Ok((d, _)) => tracing::info!(
+                            component = %name,
+                            hash = %d.essence_hash,
+                            "deployed from the lattice"
+                        ),
+                        Err(e) => tracing::warn!(
+                            component = %name,
+                            "the lattice's deployment is refused here: {e}"
+                        ),
+                    }
+                }
+                Some(_) => {}
+                None => tracing::warn!(
+                    component = %name,
+                    essence = %record.essence_hash,
+                    "no member could send the essence; retrying every {} s",
+                    RESYNC.as_secs()
+                ),
+            }
+            this.fetching
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&name);
+        });
     }
 
     /// Fetches a record's essence from the live members, one after another,

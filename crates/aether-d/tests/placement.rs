@@ -229,6 +229,39 @@ fn replicas_land_by_intent_every_node_serves_and_a_killed_host_is_replaced() {
         "the change is recorded: {status}"
     );
 
+    // The moves and the forwarding are counted.
+    let metrics = observer.metrics();
+    let counter = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        counter("aether_placement_changes_total") >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        counter("aether_placement_recomputations_total") >= 1.0,
+        "{metrics}"
+    );
+    let forwarded: f64 = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .map(|(_, n)| {
+            n.metrics()
+                .lines()
+                .find(|l| l.starts_with("aether_forward_requests_total"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(forwarded > 0.0, "standby nodes forwarded requests");
+
     // The node rejoins from its data directory: the ranking gives it its
     // replica back, and nothing else moves.
     let invite = operator.invite();

@@ -84,8 +84,9 @@ impl AdminState {
             mesh.metrics().register(&mut registry);
         }
         kv.metrics().register(&mut registry);
-        if let Some((_, forwarder)) = &lattice {
+        if let Some((schedule, forwarder)) = &lattice {
             forwarder.metrics.register(&mut registry);
+            schedule.metrics.register(&mut registry);
         }
         Self {
             verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),

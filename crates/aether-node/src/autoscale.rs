@@ -189,6 +189,7 @@ pub(crate) async fn run(
                 ),
             };
             tracing::info!(component = %name, from = current, to = next, "autoscaling: {}", record.reason);
+            schedule.metrics.scale_decisions.inc();
             let value = serde_json::to_vec(&record).unwrap_or_default();
             if let Err(e) = kv
                 .put(SCALE_BUCKET, name.as_bytes(), Some(Bytes::from(value)))

@@ -23,6 +23,8 @@ use aether_identity::NodeId;
 use aether_manifest::Replicas;
 use aether_mesh::{Member, MemberStatus, MeshHandle};
 use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Notify;
 
 use crate::deployments::{Deployment, Deployments};
@@ -153,6 +155,54 @@ pub fn desired(replicas: &Replicas, scaled: Option<u32>) -> u32 {
     }
 }
 
+/// Counters and gauges of the schedule (`aether_placement_*`).
+#[derive(Default)]
+pub(crate) struct ScheduleMetrics {
+    recomputations: Counter,
+    changes: Counter,
+    hosted: Gauge,
+    unsatisfied: Gauge,
+    compute_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Autoscaling decisions this node recorded.
+    pub(crate) scale_decisions: Counter,
+}
+
+impl ScheduleMetrics {
+    /// Adds the metrics to `registry`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "aether_placement_recomputations",
+            "Placement computations on this node",
+            self.recomputations.clone(),
+        );
+        registry.register(
+            "aether_placement_changes",
+            "Changes of a deployment's hosts seen by this node",
+            self.changes.clone(),
+        );
+        registry.register(
+            "aether_placement_hosted",
+            "Deployments placed on this node",
+            self.hosted.clone(),
+        );
+        registry.register(
+            "aether_placement_unsatisfied",
+            "Intents placement could not fully satisfy",
+            self.unsatisfied.clone(),
+        );
+        registry.register(
+            "aether_placement_compute_seconds",
+            "Duration of the last placement computation",
+            self.compute_seconds.clone(),
+        );
+        registry.register(
+            "aether_autoscale_decisions",
+            "Replica counts this node decided and recorded",
+            self.scale_decisions.clone(),
+        );
+    }
+}
+
 /// The scheduler of one node.
 pub(crate) struct Schedule {
     me: NodeId,
@@ -163,6 +213,8 @@ pub(crate) struct Schedule {
     scaled: ArcSwap<BTreeMap<String, u32>>,
     wake: Notify,
     sampler: Arc<crate::autoscale::LoadSampler>,
+    /// Its metrics.
+    pub(crate) metrics: ScheduleMetrics,
 }
 
 impl Schedule {
@@ -180,6 +232,7 @@ impl Schedule {
             scaled: ArcSwap::from_pointee(BTreeMap::new()),
             wake: Notify::new(),
             sampler: Arc::new(crate::autoscale::LoadSampler::default()),
+            metrics: ScheduleMetrics::default(),
         })
     }
 
@@ -355,6 +408,7 @@ impl Schedule {
     /// Computes the placement, applies this node's share and records what
     /// moved.
     fn recompute(&self, members: &[Member], deployments: &[Arc<Deployment>], reason: &str) {
+        let started = Instant::now();
         let placement_members: Vec<aether_placement::Member> = members
             .iter()
             .filter_map(|m| {
@@ -446,6 +500,19 @@ impl Schedule {
             addresses: members.iter().map(|m| (m.id, m.mesh_addr)).collect(),
             standby,
         };
+        self.metrics.recomputations.inc();
+        self.metrics
+            .compute_seconds
+            .set(started.elapsed().as_secs_f64());
+        let unsatisfied: BTreeSet<&str> =
+            view.reports.iter().map(|r| r.deployment.as_str()).collect();
+        self.metrics.unsatisfied.set(unsatisfied.len() as i64);
+        let hosted_here = view
+            .hosts
+            .values()
+            .filter(|h| h.iter().any(|h| h.id == self.me))
+            .count();
+        self.metrics.hosted.set(hosted_here as i64);
         let old = self.view.swap(Arc::new(view));
         let new = self.view.load();
         self.record_changes(&old, &new, reason);
@@ -505,6 +572,7 @@ impl Schedule {
             } else {
                 reason.to_string()
             };
+            self.metrics.changes.inc();
             changes.push_back(Change {
                 at: now,
                 deployment: name.clone(),

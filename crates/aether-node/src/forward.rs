@@ -47,8 +47,11 @@ const CHUNK: usize = 64 * 1024;
 const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on reading a forwarded request's head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Forwarded requests served at once for peers; more are refused.
-const MAX_SERVING: usize = 4096;
+/// How long the host waits for the start of a response body, so that a
+/// small response leaves in one write with its head.
+const COALESCE_WAIT: Duration = Duration::from_millis(2);
+/// Most body bytes sent along with the head.
+const COALESCE_MAX: usize = 64 * 1024;
 
 /// Counters of the forwarding path.
 #[derive(Default, Debug)]
@@ -450,26 +453,18 @@ impl Forwarder {
         ))
     }
 
-    /// Serves the requests peers forward to this node until the node stops.
-    pub(crate) async fn serve(
-        self: Arc<Self>,
-        mut incoming: tokio::sync::mpsc::Receiver<IncomingStream>,
-        deployments: Arc<Deployments>,
-    ) {
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SERVING));
-        while let Some(stream) = incoming.recv().await {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                let mut stream = stream;
-                let _ = stream.send.reset(aether_transport::STREAM_REFUSED.into());
-                continue;
-            };
-            let deployments = deployments.clone();
-            let this = self.clone();
-            tokio::spawn(async move {
-                this.serve_one(stream, &deployments).await;
-                drop(permit);
-            });
-        }
+    /// Serves the requests peers forward to this node, on the transport's
+    /// tasks (no queue in between).
+    pub(crate) fn serve(self: &Arc<Self>, deployments: Arc<Deployments>) {
+        let this = self.clone();
+        self.endpoint.serve_streams(
+            CHANNEL_HTTP,
+            Arc::new(move |stream| {
+                let this = this.clone();
+                let deployments = deployments.clone();
+                Box::pin(async move { this.serve_one(stream, &deployments).await })
+            }),
+        );
     }
 
     async fn serve_one(&self, stream: IncomingStream, deployments: &Deployments) {
@@ -522,15 +517,51 @@ impl Forwarder {
     }
 }
 
-/// Writes `resp` to `send`: head, then the body as it comes.
+/// Writes `resp` to `send`: head, then the body as it comes. The head goes
+/// out together with the body frames ready within [`COALESCE_WAIT`] (and,
+/// when that is all of it, the end of the stream), so a small response
+/// takes one write instead of three.
 async fn respond(resp: Response<ResponseBody>, mut send: SendStream) {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     let head = encode_response_head(parts.status, &headers).unwrap_or_else(|| {
         encode_response_head(StatusCode::BAD_GATEWAY, &HeaderMap::new()).unwrap_or_default()
     });
-    if send.write_all(&head).await.is_err() {
+    let mut chunks = vec![Bytes::from(head)];
+    let mut size = 0;
+    let mut ended = body.is_end_stream();
+    let mut first = true;
+    while !ended && size < COALESCE_MAX {
+        let next = if first {
+            first = false;
+            tokio::time::timeout(COALESCE_WAIT, body.frame()).await.ok()
+        } else {
+            futures::FutureExt::now_or_never(body.frame())
+        };
+        match next {
+            None => break,
+            Some(None) => ended = true,
+            Some(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data()
+                    && !data.is_empty()
+                {
+                    size += data.len();
+                    chunks.push(data);
+                }
+            }
+            Some(Some(Err(e))) => {
+                tracing::debug!("forwarded response body: {e}");
+                let _ = send.reset(aether_transport::STREAM_REFUSED.into());
+                return;
+            }
+        }
+    }
+    if send.write_all_chunks(&mut chunks).await.is_err() {
+        return;
+    }
+    if ended {
+        let _ = send.finish();
         return;
     }
     if let Err(e) = pump(body, send).await {

@@ -138,10 +138,7 @@ impl Node {
                     mesh.endpoint().clone(),
                     tokio::runtime::Handle::current(),
                 );
-                let incoming = mesh.endpoint().accept_streams(forward::CHANNEL_HTTP, 1024);
-                lattice_tasks.push(tokio::spawn(
-                    forwarder.clone().serve(incoming, deployments.clone()),
-                ));
+                forwarder.serve(deployments.clone());
                 lattice_tasks.push(tokio::spawn(schedule.clone().run()));
                 let control = mesh
                     .endpoint()

@@ -117,6 +117,22 @@ pub struct IncomingStream {
     pub recv: quinn::RecvStream,
 }
 
+/// A function that serves one request stream; see [`Endpoint::serve_streams`].
+pub type StreamService = Arc<
+    dyn Fn(IncomingStream) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What a channel's request streams are handed to.
+#[derive(Clone)]
+enum StreamHandler {
+    /// Queued for a reader.
+    Queue(mpsc::Sender<IncomingStream>),
+    /// Served at once, each on the task that accepted it.
+    Serve(StreamService),
+}
+
 /// How long a peer has to name the channel of a stream it opened.
 const STREAM_CHANNEL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -157,7 +173,7 @@ struct Inner {
     incoming_tx: mpsc::Sender<Message>,
     incoming_rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
     /// Where each channel's incoming request streams go.
-    stream_handlers: Mutex<HashMap<u8, mpsc::Sender<IncomingStream>>>,
+    stream_handlers: Mutex<HashMap<u8, StreamHandler>>,
 }
 
 impl Drop for Inner {
@@ -525,8 +541,21 @@ impl Endpoint {
             .stream_handlers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(channel, tx);
+            .insert(channel, StreamHandler::Queue(tx));
         rx
+    }
+
+    /// Serves the request streams admitted peers open on `channel` with
+    /// `service`, each on the task that accepted it (no queue in between:
+    /// the fast path for request/response protocols). At most
+    /// [`Config::max_request_streams`] run at once per connection. Replaces
+    /// an earlier handler of the channel.
+    pub fn serve_streams(&self, channel: u8, service: StreamService) {
+        self.inner
+            .stream_handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(channel, StreamHandler::Serve(service));
     }
 
     /// The next message from any admitted peer. `None` once the endpoint is
@@ -871,17 +900,27 @@ async fn route_stream(
         send,
         recv,
     };
-    match handler.try_send(stream) {
-        Ok(()) => {
+    match handler {
+        StreamHandler::Queue(queue) => match queue.try_send(stream) {
+            Ok(()) => {
+                inner
+                    .metrics
+                    .streams_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let mut stream = e.into_inner();
+                tracing::debug!(peer = %node, channel = channel[0], "request stream queue full or closed; refused");
+                refuse(&mut stream.send, &mut stream.recv);
+            }
+        },
+        StreamHandler::Serve(service) => {
             inner
                 .metrics
                 .streams_accepted
                 .fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            let mut stream = e.into_inner();
-            tracing::debug!(peer = %node, channel = channel[0], "request stream queue full or closed; refused");
-            refuse(&mut stream.send, &mut stream.recv);
+            drop(inner);
+            service(stream).await;
         }
     }
 }

@@ -106,7 +106,9 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-pub use endpoint::{Config, Endpoint, IncomingStream, Message, STREAM_REFUSED, close_code};
+pub use endpoint::{
+    Config, Endpoint, IncomingStream, Message, STREAM_REFUSED, StreamService, close_code,
+};
 pub use identity::{ADMISSION_EXTENSION_OID, ADMISSION_EXTENSION_OID_TEXT, NodeIdentity};
 pub use quinn::{ReadError, RecvStream, SendStream, WriteError};
 pub use verify::{

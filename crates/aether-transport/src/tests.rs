@@ -743,20 +743,20 @@ async fn request_streams_carry_bytes_both_ways_in_both_directions() {
     let b_id = bounded("connect", a.connect(addr(&b), None))
         .await
         .expect("connect");
-    let mut b_streams = b.accept_streams(9, 8);
     let mut a_streams = a.accept_streams(9, 8);
-    // An echo server on b: answers each stream with its bytes reversed,
+    // An echo service on b: answers each stream with its bytes reversed,
     // after reading all of them (more than one flow-control window).
-    tokio::spawn(async move {
-        while let Some(mut s) = b_streams.recv().await {
-            tokio::spawn(async move {
+    b.serve_streams(
+        9,
+        std::sync::Arc::new(|mut s: crate::IncomingStream| {
+            Box::pin(async move {
                 let body = s.recv.read_to_end(64 << 20).await.expect("read");
                 let reply: Vec<u8> = body.iter().rev().copied().collect();
                 s.send.write_all(&reply).await.expect("write");
                 let _ = s.send.finish();
-            });
-        }
-    });
+            })
+        }),
+    );
     let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     for _ in 0..3 {
         let (mut send, mut recv) = bounded("open", a.open_stream(&b_id, 9))

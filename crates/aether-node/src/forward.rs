@@ -338,8 +338,9 @@ impl Forwarder {
         })
     }
 
-    /// A stream to `host`, dialing it first when no connection is cached.
-    async fn open(&self, host: &Host) -> Result<(SendStream, RecvStream), String> {
+    /// A stream to `host` that starts with `head`, dialing the host first
+    /// when no connection is cached.
+    async fn open(&self, host: &Host, head: Bytes) -> Result<(SendStream, RecvStream), String> {
         if !self.endpoint.is_connected(&host.id) {
             let endpoint = self.endpoint.clone();
             let (addr, id) = (host.mesh_addr, host.id);
@@ -354,7 +355,7 @@ impl Forwarder {
             }
         }
         self.endpoint
-            .open_stream(&host.id, CHANNEL_HTTP)
+            .open_stream_with(&host.id, CHANNEL_HTTP, head)
             .await
             .map_err(|e| e.to_string())
     }
@@ -381,7 +382,8 @@ impl Forwarder {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        let Some(head) = encode_request_head(&parts.method, &path, &headers) else {
+        let Some(head) = encode_request_head(&parts.method, &path, &headers).map(Bytes::from)
+        else {
             return Ok(plain(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request headers too large to forward\n".into(),
@@ -395,7 +397,7 @@ impl Forwarder {
             if attempt > 0 {
                 self.metrics.retried.inc();
             }
-            let (mut send, mut recv) = match self.open(host).await {
+            let (mut send, mut recv) = match self.open(host, head.clone()).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(host = %short(&host.id), "cannot reach host: {e}");
@@ -403,10 +405,6 @@ impl Forwarder {
                     continue;
                 }
             };
-            if let Err(e) = send.write_all(&head).await {
-                last_error = e.to_string();
-                continue;
-            }
             self.metrics.forwarded.inc();
             if empty {
                 let _ = send.finish();

@@ -673,9 +673,14 @@ impl Schedule {
         let endpoint = mesh.endpoint().clone();
         let ask = async {
             endpoint.connect(host.mesh_addr, Some(host.id)).await.ok()?;
-            let (mut send, mut recv) =
-                endpoint.open_stream(&host.id, CHANNEL_CONTROL).await.ok()?;
-            send.write_all(name.as_bytes()).await.ok()?;
+            let (mut send, mut recv) = endpoint
+                .open_stream_with(
+                    &host.id,
+                    CHANNEL_CONTROL,
+                    bytes::Bytes::copy_from_slice(name.as_bytes()),
+                )
+                .await
+                .ok()?;
             let _ = send.finish();
             let reply = recv.read_to_end(4096).await.ok()?;
             serde_json::from_slice(&reply).ok()

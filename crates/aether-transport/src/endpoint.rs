@@ -502,13 +502,25 @@ impl Endpoint {
         node: &NodeId,
         channel: u8,
     ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
+        self.open_stream_with(node, channel, Bytes::new()).await
+    }
+
+    /// [`Endpoint::open_stream`], sending `first` right after the channel
+    /// byte in the same write (a request head, say), so they leave together.
+    pub async fn open_stream_with(
+        &self,
+        node: &NodeId,
+        channel: u8,
+        first: Bytes,
+    ) -> Result<(quinn::SendStream, quinn::RecvStream), TransportError> {
         let conn = self
             .inner
             .cached(node)
             .ok_or_else(|| TransportError::NotConnected(Box::new(*node)))?;
         let open = async {
             let (mut send, recv) = conn.open_bi().await?;
-            send.write_all(&[channel]).await?;
+            let mut chunks = [Bytes::copy_from_slice(&[channel]), first];
+            send.write_all_chunks(&mut chunks).await?;
             Ok::<_, quinn::WriteError>((send, recv))
         };
         match open.await {

@@ -30,7 +30,9 @@ pub struct ComponentStatus {
     pub publisher: String,
     /// Routes it serves, as `host/path` or `/path`.
     pub routes: Vec<String>,
-    /// `running` (later: `pending`, `failed`, `scaled-to-zero`).
+    /// On the asked node: `running` (loaded and serving), `scaled-to-zero`
+    /// (unloaded after its idle timeout; the next request activates it) or
+    /// `standby` (placed on other members; requests here are forwarded).
     pub state: String,
     /// Instances running right now.
     pub instances: usize,

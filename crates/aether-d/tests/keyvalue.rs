@@ -11,12 +11,13 @@ use std::time::Duration;
 use common::cluster::{Node, Operator, eventually, fixture, join_args};
 use http::Method;
 
-/// The Aetherfile of `name`, serving `route`, granted `buckets`.
+/// The Aetherfile of `name`, serving `route`, granted `buckets`; one replica
+/// on each of the two nodes, so each node's requests run on that node.
 fn aetherfile(name: &str, route: &str, buckets: &[&str]) -> String {
     let buckets: Vec<String> = buckets.iter().map(|b| format!("\"{b}\"")).collect();
     format!(
         "name = \"{name}\"\ncomponent = \"kv-counter.wasm\"\n[http]\nroutes = [\"{route}\"]\n\
-         [capabilities]\nkeyvalue = [{}]\n",
+         [intent]\nreplicas = 2\n[capabilities]\nkeyvalue = [{}]\n",
         buckets.join(", ")
     )
 }
@@ -43,6 +44,19 @@ fn a_component_reads_on_one_node_what_it_wrote_on_another_and_ungranted_buckets_
         node.deploy(granted.clone());
         node.deploy(stranger.clone());
     }
+    // Both nodes host both (placement settles within a moment of the deploy).
+    eventually(
+        "each node hosts its replica",
+        Duration::from_secs(30),
+        || {
+            [&a, &b].iter().all(|n| {
+                ["kv-counter", "kv-stranger"].iter().all(|c| {
+                    n.admin_json(Method::GET, &format!("/v1/components/{c}"), Vec::new())["state"]
+                        != "standby"
+                })
+            })
+        },
+    );
 
     // Writes through node A's component; A reads them back at once.
     let set = a.request("POST", "/kv/set?key=greeting", b"hello from A");
@@ -59,7 +73,9 @@ fn a_component_reads_on_one_node_what_it_wrote_on_another_and_ungranted_buckets_
     let r = a.request("GET", "/kv/get?key=greeting", b"");
     assert_eq!((r.status, r.body.as_str()), (200, "hello from A"));
 
-    // Node B's component sees them, eventually.
+    // Node B's component sees them, eventually (served on B, not forwarded).
+    let r = b.request("GET", "/kv/get?key=nothing", b"");
+    assert!(r.header("aether-forwarded-to").is_none(), "{r:?}");
     let took = eventually(
         "node B's component reads what node A's wrote",
         Duration::from_secs(30),

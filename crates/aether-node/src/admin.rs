@@ -105,6 +105,20 @@ impl AdminState {
     }
 }
 
+/// While the lattice places no replica of a deployment (scaled to zero), a
+/// node is not on standby for it: it is scaled to zero, or running when a
+/// request has just activated it here.
+fn lattice_state(status: &mut aether_admin::types::ComponentStatus, d: &crate::Deployment) {
+    if status.placement.as_ref().is_some_and(|p| p.desired == 0) {
+        status.state = if d.component.is_active() {
+            "running"
+        } else {
+            "scaled-to-zero"
+        }
+        .into();
+    }
+}
+
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
@@ -217,6 +231,7 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
                 let mut status = state.deployments.status(&d);
                 if let Some((schedule, _)) = &state.lattice {
                     status.placement = schedule.placement_json(&d, false).await;
+                    lattice_state(&mut status, &d);
                 }
                 components.push(status);
             }
@@ -262,6 +277,7 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
                 let mut status = state.deployments.status(&d);
                 if let Some((schedule, _)) = &state.lattice {
                     status.placement = schedule.placement_json(&d, true).await;
+                    lattice_state(&mut status, &d);
                 }
                 json(StatusCode::OK, &status)
             }

@@ -138,7 +138,6 @@ impl Node {
                     mesh.endpoint().clone(),
                     tokio::runtime::Handle::current(),
                 );
-                forwarder.serve(deployments.clone());
                 lattice_tasks.push(tokio::spawn(schedule.clone().run()));
                 let control = mesh
                     .endpoint()
@@ -169,6 +168,9 @@ impl Node {
             shutdown_rx.clone(),
             config.drain_timeout,
         )?;
+        if let Some((_, forwarder)) = &lattice {
+            forwarder.serve(ingress.streams());
+        }
         let admin_state = Arc::new(admin::AdminState::new(
             &config,
             admin::Services {

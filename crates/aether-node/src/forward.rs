@@ -451,22 +451,21 @@ impl Forwarder {
         ))
     }
 
-    /// Serves the requests peers forward to this node: each goes to an
-    /// ingress worker, like a local request.
-    pub(crate) fn serve(&self, workers: crate::ingress::StreamDispatch) {
+    /// Serves the requests peers forward to this node, on the transport's
+    /// tasks (no queue in between).
+    pub(crate) fn serve(self: &Arc<Self>, deployments: Arc<Deployments>) {
+        let this = self.clone();
         self.endpoint.serve_streams(
             CHANNEL_HTTP,
             Arc::new(move |stream| {
-                if let Err(mut stream) = workers.dispatch(stream) {
-                    let _ = stream.send.reset(aether_transport::STREAM_REFUSED.into());
-                }
-                Box::pin(std::future::ready(()))
+                let this = this.clone();
+                let deployments = deployments.clone();
+                Box::pin(async move { this.serve_one(stream, &deployments).await })
             }),
         );
     }
 
-    /// Serves one forwarded request here, whatever placement says (one hop).
-    pub(crate) async fn serve_one(&self, stream: IncomingStream, deployments: &Deployments) {
+    async fn serve_one(&self, stream: IncomingStream, deployments: &Deployments) {
         let IncomingStream {
             from,
             send,

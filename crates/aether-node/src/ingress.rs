@@ -36,31 +36,6 @@ pub(crate) struct Routing {
 
 pub(crate) struct IngressThreads {
     threads: Vec<JoinHandle<()>>,
-    streams: StreamDispatch,
-}
-
-/// Hands requests that peers forward to this node to the ingress workers,
-/// in turn, so they run on the same threads as local requests (and not all
-/// on the one runtime thread that drives QUIC).
-#[derive(Clone)]
-pub(crate) struct StreamDispatch {
-    queues: Arc<[mpsc::UnboundedSender<aether_transport::IncomingStream>]>,
-    next: Arc<AtomicUsize>,
-}
-
-impl StreamDispatch {
-    /// Queues `stream` on the next worker; hands it back when the workers
-    /// have stopped.
-    pub(crate) fn dispatch(
-        &self,
-        stream: aether_transport::IncomingStream,
-    ) -> Result<(), Box<aether_transport::IncomingStream>> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len().max(1);
-        match self.queues.get(i) {
-            Some(q) => q.send(stream).map_err(|e| Box::new(e.0)),
-            None => Err(Box::new(stream)),
-        }
-    }
 }
 
 /// Open connections per worker, for least-loaded assignment.
@@ -79,12 +54,9 @@ impl IngressThreads {
         let load: Load = (0..workers).map(|_| AtomicUsize::new(0)).collect();
         let mut threads = Vec::new();
         let mut queues = Vec::new();
-        let mut stream_queues = Vec::new();
         for i in 0..workers {
             let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
             queues.push(tx);
-            let (stream_tx, stream_rx) = mpsc::unbounded_channel();
-            stream_queues.push(stream_tx);
             let routing = routing.clone();
             let shutdown = shutdown.clone();
             let load = load.clone();
@@ -95,15 +67,7 @@ impl IngressThreads {
                 std::thread::Builder::new()
                     .name(format!("aether-ingress-{i}"))
                     .spawn(move || {
-                        rt.block_on(worker(
-                            i,
-                            rx,
-                            stream_rx,
-                            load,
-                            routing,
-                            shutdown,
-                            drain_timeout,
-                        ));
+                        rt.block_on(worker(i, rx, load, routing, shutdown, drain_timeout));
                     })?,
             );
         }
@@ -115,18 +79,7 @@ impl IngressThreads {
                 .name("aether-accept".into())
                 .spawn(move || rt.block_on(acceptor(listener, queues, load, shutdown)))?,
         );
-        Ok(Self {
-            threads,
-            streams: StreamDispatch {
-                queues: stream_queues.into(),
-                next: Arc::new(AtomicUsize::new(0)),
-            },
-        })
-    }
-
-    /// Where forwarded requests go to be served.
-    pub(crate) fn streams(&self) -> StreamDispatch {
-        self.streams.clone()
+        Ok(Self { threads })
     }
 
     pub(crate) fn join(self) {
@@ -178,14 +131,12 @@ async fn acceptor(
 async fn worker(
     index: usize,
     mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
-    mut forwarded: mpsc::UnboundedReceiver<aether_transport::IncomingStream>,
     load: Load,
     routing: Arc<Routing>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut forwarding = true;
     let mut http = http1::Builder::new();
     http.keep_alive(true)
         .timer(TokioTimer::new())
@@ -218,18 +169,6 @@ async fn worker(
                     }
                     load[index].fetch_sub(1, Ordering::Relaxed);
                 });
-            }
-            stream = forwarded.recv(), if forwarding => {
-                let Some(stream) = stream else {
-                    forwarding = false;
-                    continue;
-                };
-                if let Some((_, forwarder)) = &routing.lattice {
-                    let (forwarder, routing) = (forwarder.clone(), routing.clone());
-                    tokio::spawn(async move {
-                        forwarder.serve_one(stream, &routing.deployments).await;
-                    });
-                }
             }
             _ = shutdown.changed() => break,
         }

@@ -138,6 +138,7 @@ impl Node {
                     mesh.endpoint().clone(),
                     tokio::runtime::Handle::current(),
                 );
+                forwarder.serve(deployments.clone());
                 lattice_tasks.push(tokio::spawn(schedule.clone().run()));
                 let control = mesh
                     .endpoint()
@@ -168,9 +169,6 @@ impl Node {
             shutdown_rx.clone(),
             config.drain_timeout,
         )?;
-        if let Some((_, forwarder)) = &lattice {
-            forwarder.serve(ingress.streams());
-        }
         let admin_state = Arc::new(admin::AdminState::new(
             &config,
             admin::Services {

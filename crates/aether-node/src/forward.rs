@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_runtime::{HttpError, ResponseBody};
+use aether_runtime::{HttpError, ResponseBody, host_response};
 use aether_transport::{Endpoint, IncomingStream, RecvStream, SendStream};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -308,20 +308,6 @@ where
     Ok(())
 }
 
-fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
-    let mut resp = Response::new(
-        http_body_util::Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -384,7 +370,7 @@ impl Forwarder {
             .to_string();
         let Some(head) = encode_request_head(&parts.method, &path, &headers).map(Bytes::from)
         else {
-            return Ok(plain(
+            return Ok(host_response(
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 "request headers too large to forward\n".into(),
             ));
@@ -445,7 +431,7 @@ impl Forwarder {
             return Err(Box::new(Request::from_parts(parts, body)));
         }
         self.metrics.failed.inc();
-        Ok(plain(
+        Ok(host_response(
             StatusCode::BAD_GATEWAY,
             format!("no host of this component answered: {last_error}\n"),
         ))
@@ -484,12 +470,12 @@ impl Forwarder {
             }
         };
         let resp = match decode_request_head(&head) {
-            None => plain(
+            None => host_response(
                 StatusCode::BAD_REQUEST,
                 "malformed forwarded request\n".into(),
             ),
             Some((method, path, headers)) => match path.parse::<http::Uri>() {
-                Err(_) => plain(StatusCode::BAD_REQUEST, "malformed path\n".into()),
+                Err(_) => host_response(StatusCode::BAD_REQUEST, "malformed path\n".into()),
                 Ok(uri) => {
                     self.metrics.served.inc();
                     let mut req = Request::new(stream_body(recv));
@@ -503,7 +489,7 @@ impl Forwarder {
                         .map(str::to_string);
                     match deployments.route(host.as_deref(), req.uri().path()) {
                         Some(d) => d.component.handle(req, false).await,
-                        None => plain(
+                        None => host_response(
                             StatusCode::NOT_FOUND,
                             format!("no component serves {}\n", req.uri().path()),
                         ),

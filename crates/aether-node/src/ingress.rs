@@ -11,9 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http::{Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::{mpsc, watch};
 
-use aether_runtime::ResponseBody;
+use aether_runtime::{ResponseBody, host_response};
 
 use crate::deployments::Deployments;
 use crate::forward::Forwarder;
@@ -184,20 +182,6 @@ async fn worker(
     }
 }
 
-fn plain(status: StatusCode, text: String) -> Response<ResponseBody> {
-    let mut resp = Response::new(
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
 async fn route(
     routing: &Routing,
     req: hyper::Request<Incoming>,
@@ -213,7 +197,7 @@ async fn route(
         deployments.route(host, req.uri().path())
     };
     let Some(deployment) = deployment else {
-        return plain(
+        return host_response(
             StatusCode::NOT_FOUND,
             format!("no component serves {}\n", req.uri().path()),
         );
@@ -232,7 +216,7 @@ async fn route(
                 Err(back) => req = *back,
             },
             RouteTo::Unplaced(why) => {
-                return plain(
+                return host_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
                         "{} has no replica: no member satisfies its intent ({why})\n",

@@ -55,6 +55,19 @@ pub(crate) struct Host {
     pub healthy: bool,
 }
 
+impl Host {
+    /// `m` as a host of `instances` instances.
+    fn of(m: &Member, instances: u32) -> Self {
+        Self {
+            id: m.id,
+            instances,
+            mesh_addr: m.mesh_addr,
+            rtt: m.rtt,
+            healthy: m.status == MemberStatus::Alive,
+        }
+    }
+}
+
 /// The placement this node computed last.
 #[derive(Default)]
 pub(crate) struct View {
@@ -78,6 +91,10 @@ pub(crate) struct View {
     /// For each deployment scaled to zero, the member that would host its
     /// first replica: requests go there and activate it.
     pub standby: BTreeMap<String, Host>,
+    /// Where other nodes send each deployment's requests, in the order to
+    /// try: its hosts, healthy first, nearest first; or, scaled to zero, its
+    /// standby member. Computed once per placement, not per request.
+    pub forward: BTreeMap<String, Arc<[Host]>>,
 }
 
 /// Where the ingress sends a request for a deployment.
@@ -85,7 +102,7 @@ pub(crate) enum RouteTo {
     /// Serve it here.
     Here,
     /// Forward it to one of these hosts, in this order.
-    Hosts(Vec<Host>),
+    Hosts(Arc<[Host]>),
     /// Placement found no host that satisfies the intent; why.
     Unplaced(String),
 }
@@ -99,21 +116,17 @@ impl View {
         if !self.meshed {
             return RouteTo::Here;
         }
-        if let Some(hosts) = self.hosts.get(name).filter(|h| !h.is_empty()) {
-            if hosts.iter().any(|h| h.id == *me) {
-                return RouteTo::Here;
-            }
-            let mut out = hosts.clone();
-            out.sort_by_key(|h| (!h.healthy, h.rtt.unwrap_or(Duration::MAX)));
-            return RouteTo::Hosts(out);
+        if let Some(targets) = self.forward.get(name) {
+            return if targets.iter().any(|h| h.id == *me) {
+                RouteTo::Here
+            } else {
+                RouteTo::Hosts(targets.clone())
+            };
         }
         match self.desired.get(name) {
-            // Newer than this placement: it is placed on the next round.
-            None => RouteTo::Here,
-            Some(0) => match self.standby.get(name) {
-                Some(h) if h.id != *me => RouteTo::Hosts(vec![h.clone()]),
-                _ => RouteTo::Here,
-            },
+            // Newer than this placement (placed on the next round), or
+            // scaled to zero with no member to activate it.
+            None | Some(0) => RouteTo::Here,
             Some(_) => {
                 let why: Vec<String> = self
                     .reports
@@ -452,13 +465,7 @@ impl Schedule {
                 .iter()
                 .filter_map(|(id, instances)| {
                     let m = by_id.get(id)?;
-                    Some(Host {
-                        id: m.id,
-                        instances: *instances,
-                        mesh_addr: m.mesh_addr,
-                        rtt: m.rtt,
-                        healthy: m.status == MemberStatus::Alive,
-                    })
+                    Some(Host::of(m, *instances))
                 })
                 .collect();
             hosts.insert(name.clone(), list);
@@ -473,17 +480,20 @@ impl Schedule {
                         .find(|c| c.eligibility == aether_placement::Eligibility::Eligible)
                 });
             if let Some(m) = best.and_then(|c| by_id.get(&c.member).copied()) {
-                standby.insert(
-                    d.name.clone(),
-                    Host {
-                        id: m.id,
-                        instances: 0,
-                        mesh_addr: m.mesh_addr,
-                        rtt: m.rtt,
-                        healthy: m.status == MemberStatus::Alive,
-                    },
-                );
+                standby.insert(d.name.clone(), Host::of(m, 0));
             }
+        }
+        let mut forward: BTreeMap<String, Arc<[Host]>> = hosts
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(name, h)| {
+                let mut order = h.clone();
+                order.sort_by_key(|h| (!h.healthy, h.rtt.unwrap_or(Duration::MAX)));
+                (name.clone(), order.into())
+            })
+            .collect();
+        for (name, h) in &standby {
+            forward.insert(name.clone(), Arc::from([h.clone()]));
         }
         let desired: BTreeMap<String, u32> =
             wanted.iter().map(|d| (d.name.clone(), d.desired)).collect();
@@ -499,6 +509,7 @@ impl Schedule {
             inputs: wanted.into_iter().map(|d| (d.name.clone(), d)).collect(),
             addresses: members.iter().map(|m| (m.id, m.mesh_addr)).collect(),
             standby,
+            forward,
         };
         self.metrics.recomputations.inc();
         self.metrics

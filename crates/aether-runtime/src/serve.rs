@@ -56,7 +56,9 @@ impl ServeError {
     }
 }
 
-fn host_response(status: StatusCode, message: String) -> Response<ResponseBody> {
+/// A plain-text response from the host (not from a component): `message`
+/// with `status` and `text/plain; charset=utf-8`.
+pub fn host_response(status: StatusCode, message: String) -> Response<ResponseBody> {
     let mut resp = Response::new(
         Full::new(Bytes::from(message))
             .map_err(|never| match never {})

@@ -645,6 +645,15 @@ impl Inner {
         Some(conn.clone())
     }
 
+    /// Whether `node` is revoked.
+    fn is_revoked(&self, node: &NodeId) -> bool {
+        self.admission
+            .revocations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_revoked(node)
+    }
+
     fn cached_peek(&self, node: &NodeId) -> bool {
         let cache = self.lock_cache();
         cache
@@ -884,12 +893,7 @@ async fn route_stream(
         refuse(&mut send, &mut recv);
         return;
     }
-    let revoked = inner
-        .admission
-        .revocations
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_revoked(&node);
+    let revoked = inner.is_revoked(&node);
     if revoked {
         refuse(&mut send, &mut recv);
         inner.close_peer(&node, close_code::CLOSED, b"revoked");
@@ -974,12 +978,7 @@ async fn read_message(
         inner.forget(&conn);
         return;
     }
-    let revoked = inner
-        .admission
-        .revocations
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_revoked(&node);
+    let revoked = inner.is_revoked(&node);
     if revoked {
         tracing::warn!(peer = %node, "message from a revoked node dropped; closing its connections");
         inner.close_peer(&node, close_code::CLOSED, b"revoked");

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{Node, Operator, eventually, fixture, join_args};
+use common::cluster::{Node, Operator, eventually, fixture, join_args, lattice};
 use http::Method;
 
 fn aetherfile(name: &str, route: &str) -> String {
@@ -18,19 +18,8 @@ fn aetherfile(name: &str, route: &str) -> String {
 fn a_deploy_to_one_node_is_served_by_every_node_and_a_removal_reaches_all() {
     let operator = Operator::new();
     let scratch = tempfile::tempdir().expect("scratch");
-    let mut nodes: Vec<Node> = (171..=173)
-        .map(|o| Node::new(o, scratch.path(), &operator))
-        .collect();
-    nodes[0].start(&[]);
+    let nodes = lattice(&[171, 172, 173], scratch.path(), &operator);
     let invite = operator.invite();
-    for i in 1..3 {
-        let args = join_args(&nodes[0], Some(&invite));
-        nodes[i].start(&args);
-    }
-    let ids: Vec<String> = nodes.iter().map(Node::id).collect();
-    eventually("all three see all three", Duration::from_secs(30), || {
-        nodes.iter().all(|n| n.sees_alive(&ids))
-    });
 
     let essence = operator.seal(&aetherfile("hello", "/hello"), &fixture("hello-wstd"));
     nodes[1].deploy(essence);

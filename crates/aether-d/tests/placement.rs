@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Node, Operator, eventually, fixture, join_args};
+use common::cluster::{Node, Operator, eventually, fixture, join_args, lattice, metric};
 use common::http::try_request;
 use http::Method;
 use serde_json::Value;
@@ -20,28 +20,6 @@ fn aetherfile(name: &str, route: &str, extra: &str) -> String {
     format!(
         "name = \"{name}\"\ncomponent = \"{name}.wasm\"\n[http]\nroutes = [\"{route}\"]\n{extra}"
     )
-}
-
-/// Starts nodes on the given octets, joined into one lattice, and waits
-/// until each sees all.
-fn lattice(octets: &[u8], scratch: &std::path::Path, operator: &Operator) -> Vec<Node> {
-    let mut nodes: Vec<Node> = octets
-        .iter()
-        .map(|o| Node::new(*o, scratch, operator))
-        .collect();
-    nodes[0].start(&[]);
-    let invite = operator.invite();
-    for i in 1..nodes.len() {
-        let args = join_args(&nodes[0], Some(&invite));
-        nodes[i].start(&args);
-    }
-    let ids: Vec<String> = nodes.iter().map(Node::id).collect();
-    eventually(
-        "every node sees every node",
-        Duration::from_secs(30),
-        || nodes.iter().all(|n| n.sees_alive(&ids)),
-    );
-    nodes
 }
 
 /// `GET /v1/components/NAME` on `node`.
@@ -231,34 +209,19 @@ fn replicas_land_by_intent_every_node_serves_and_a_killed_host_is_replaced() {
 
     // The moves and the forwarding are counted.
     let metrics = observer.metrics();
-    let counter = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     assert!(
-        counter("aether_placement_changes_total") >= 1.0,
+        metric(&metrics, "aether_placement_changes_total") >= 1.0,
         "{metrics}"
     );
     assert!(
-        counter("aether_placement_recomputations_total") >= 1.0,
+        metric(&metrics, "aether_placement_recomputations_total") >= 1.0,
         "{metrics}"
     );
     let forwarded: f64 = nodes
         .iter()
         .enumerate()
         .filter(|(i, _)| *i != victim)
-        .map(|(_, n)| {
-            n.metrics()
-                .lines()
-                .find(|l| l.starts_with("aether_forward_requests_total"))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        })
+        .map(|(_, n)| metric(&n.metrics(), "aether_forward_requests_total"))
         .sum();
     assert!(forwarded > 0.0, "standby nodes forwarded requests");
 

@@ -356,6 +356,40 @@ impl Node {
     }
 }
 
+/// Nodes on 127.0.0.`octets`, the first starting the lattice and the others
+/// joining it with an invite; returns once every node sees every node alive.
+#[allow(dead_code)]
+pub fn lattice(octets: &[u8], scratch: &Path, operator: &Operator) -> Vec<Node> {
+    let mut nodes: Vec<Node> = octets
+        .iter()
+        .map(|o| Node::new(*o, scratch, operator))
+        .collect();
+    nodes[0].start(&[]);
+    let invite = operator.invite();
+    for i in 1..nodes.len() {
+        let args = join_args(&nodes[0], Some(&invite));
+        nodes[i].start(&args);
+    }
+    let ids: Vec<String> = nodes.iter().map(Node::id).collect();
+    eventually(
+        "every node sees every node",
+        Duration::from_secs(30),
+        || nodes.iter().all(|n| n.sees_alive(&ids)),
+    );
+    nodes
+}
+
+/// The value of the first sample of metric `name` in Prometheus text (0
+/// when absent).
+#[allow(dead_code)]
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `--join SEED` plus `--invite TOKEN` when given.
 pub fn join_args(seed: &Node, invite: Option<&InviteToken>) -> Vec<String> {
     let mut args = vec!["--join".to_string(), seed.mesh().to_string()];

@@ -3,8 +3,9 @@
 //! Every signature in Aether is ed25519. This crate owns how keys are stored
 //! (secret key files readable only by their owner), how public keys are
 //! written (`ed25519:<base64url>`), sets of trusted keys, and admission.
-//! Verification is always `verify_strict`, so every node agrees on which
-//! signatures are valid.
+//! Verification has `verify_strict`'s verdict on every input (see
+//! [`PublicKey::verify`]), so every node agrees on which signatures are
+//! valid.
 //!
 //! # The admission chain
 //!
@@ -67,7 +68,7 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
 
 pub mod admission;
 pub mod home;
@@ -160,9 +161,12 @@ impl fmt::Debug for SecretKey {
 impl SecretKey {
     /// A new random key from the OS's generator.
     pub fn generate() -> Self {
-        Self {
-            key: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
+        use rand::RngCore as _;
+        let mut secret = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut secret);
+        let key = Self::from_bytes(&secret);
+        secret.fill(0);
+        key
     }
 
     /// The key from 32 secret bytes (tests and deterministic simulations).
@@ -194,7 +198,7 @@ impl SecretKey {
 
     /// Its public half.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.key.verifying_key())
+        PublicKey::new(self.key.verifying_key())
     }
 
     /// Signs `message`.
@@ -297,25 +301,81 @@ impl SecretKey {
 
 /// A public key, written `ed25519:<base64url>`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(VerifyingKey);
+pub struct PublicKey {
+    key: VerifyingKey,
+    /// The key is a point of small order (it verifies forgeries); computed
+    /// once here rather than at every verification.
+    weak: bool,
+}
+
+/// The canonical encodings of the eight points of small order (the
+/// identity, one point of order 2, two of order 4, four of order 8). A unit
+/// test derives them from the curve.
+const SMALL_ORDER_ENCODINGS: [[u8; 32]; 8] = [
+    hex32("0100000000000000000000000000000000000000000000000000000000000000"),
+    hex32("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    hex32("0000000000000000000000000000000000000000000000000000000000000000"),
+    hex32("0000000000000000000000000000000000000000000000000000000000000080"),
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    hex32("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    hex32("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa"),
+];
+
+/// 64 hex digits to 32 bytes, at compile time.
+const fn hex32(text: &str) -> [u8; 32] {
+    const fn digit(c: u8) -> u8 {
+        match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => panic!("not a hex digit"),
+        }
+    }
+    let text = text.as_bytes();
+    assert!(text.len() == 64);
+    let mut out = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        out[i] = digit(text[2 * i]) << 4 | digit(text[2 * i + 1]);
+        i += 1;
+    }
+    out
+}
 
 impl PublicKey {
+    fn new(key: VerifyingKey) -> Self {
+        Self {
+            weak: key.is_weak(),
+            key,
+        }
+    }
+
     /// The 32 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        self.0.as_bytes()
+        self.key.as_bytes()
     }
 
     /// Builds a key from 32 raw bytes; fails for invalid curve points.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
         VerifyingKey::from_bytes(bytes)
-            .map(Self)
+            .map(Self::new)
             .map_err(|_| KeyError::BadPublicKey(URL_SAFE_NO_PAD.encode(bytes)))
     }
 
-    /// Strictly verifies `signature` over `message` (rejects weak keys and
-    /// non-canonical signatures, identically on every node).
+    /// Verifies `signature` over `message` with exactly the verdict of
+    /// ed25519-dalek's `verify_strict`: `S` canonical, neither the key nor
+    /// `R` of small order, and `R` equal to the encoding of `[S]B - [k]A`.
+    ///
+    /// `verify_strict` decompresses `R` to test its order, a square root
+    /// that costs about a fifth of the whole check. That is not needed: the
+    /// last condition makes `R` the canonical encoding of a point, so `R` is
+    /// of small order exactly when its bytes are one of the eight canonical
+    /// encodings of such points. The key's order is tested once, when the
+    /// key is built. The tests compare both verdicts on crafted edge cases.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> bool {
-        self.0.verify_strict(message, signature).is_ok()
+        !self.weak
+            && !SMALL_ORDER_ENCODINGS.contains(signature.r_bytes())
+            && self.key.verify(message, signature).is_ok()
     }
 
     /// Reads a public key from a file holding its written form (or a secret key file).
@@ -337,7 +397,7 @@ impl fmt::Display for PublicKey {
         write!(
             f,
             "{PUBLIC_PREFIX}{}",
-            URL_SAFE_NO_PAD.encode(self.0.as_bytes())
+            URL_SAFE_NO_PAD.encode(self.key.as_bytes())
         )
     }
 }
@@ -357,7 +417,7 @@ impl FromStr for PublicKey {
         let bytes = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| bad())?;
         let bytes: [u8; 32] = bytes.try_into().map_err(|_| bad())?;
         VerifyingKey::from_bytes(&bytes)
-            .map(Self)
+            .map(Self::new)
             .map_err(|_| bad())
     }
 }
@@ -465,6 +525,24 @@ mod tests {
         assert_ne!(a, key.derive_secret("b"));
         assert_ne!(a, SecretKey::from_bytes(&[8; 32]).derive_secret("a"));
         assert_ne!(a, key.to_bytes());
+    }
+
+    #[test]
+    fn small_order_table_is_every_multiple_of_a_point_of_order_eight() {
+        use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+        use curve25519_dalek::scalar::Scalar;
+        use curve25519_dalek::traits::IsIdentity as _;
+        let t = CompressedEdwardsY(SMALL_ORDER_ENCODINGS[6])
+            .decompress()
+            .expect("a point");
+        assert!((t * Scalar::from(8u64)).is_identity());
+        assert!(!(t * Scalar::from(4u64)).is_identity());
+        let derived: BTreeSet<[u8; 32]> = (0u64..8)
+            .map(|k| (t * Scalar::from(k)).compress().to_bytes())
+            .collect();
+        let table: BTreeSet<[u8; 32]> = SMALL_ORDER_ENCODINGS.into_iter().collect();
+        assert_eq!(derived, table);
+        assert!(table.contains(&EdwardsPoint::default().compress().to_bytes()));
     }
 
     #[test]

@@ -158,11 +158,19 @@ async fn main() -> anyhow::Result<()> {
         pct(&mut each, 0.99),
         max_each
     );
+    let mut slowest: Vec<(usize, f64)> = all.iter().copied().enumerate().collect();
+    slowest.sort_by(|a, b| b.1.total_cmp(&a.1));
     println!(
         "| on all four other nodes | {:.1} | {:.1} | {:.1} |",
         pct(&mut all.clone(), 0.5),
         pct(&mut all, 0.99),
         max_all
     );
+    let listed: Vec<String> = slowest
+        .iter()
+        .take(4)
+        .map(|(r, ms)| format!("write {r}: {ms:.1} ms"))
+        .collect();
+    println!("slowest on all four: {}", listed.join(", "));
     Ok(())
 }

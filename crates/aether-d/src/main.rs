@@ -48,6 +48,11 @@ struct Args {
     /// Ingress worker threads. Default: one per CPU.
     #[arg(long)]
     workers: Option<usize>,
+    /// Threads of the control runtime: the mesh, the admin API and the
+    /// requests other nodes forward here. Default: half the CPUs (at least
+    /// one); on two cores one thread serves forwarded requests fastest.
+    #[arg(long)]
+    control_threads: Option<usize>,
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -238,8 +243,12 @@ fn main() -> anyhow::Result<()> {
         });
     }
 
+    let control_threads = args
+        .control_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2))
+        .max(1);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(control_threads)
         .enable_all()
         .build()
         .context("starting the control runtime")?;

@@ -114,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
     println!("5 nodes joined; {rounds} writes on node 1, each polled on nodes 2–5 until visible");
     let mut all = Vec::new();
     let mut each = Vec::new();
+    let mut per_node: Vec<Vec<f64>> = Vec::new();
     for r in 0..rounds {
         let path = format!("/v1/kv/bench?key=vis-{r}");
         let start = Instant::now();
@@ -139,13 +140,16 @@ async fn main() -> anyhow::Result<()> {
             }));
         }
         let mut slowest = acked;
+        let mut seen_by = Vec::new();
         for t in tasks {
             let seen = t
                 .await?
                 .ok_or_else(|| anyhow::anyhow!("write {r} never became visible"))?;
             each.push(seen.as_secs_f64() * 1000.0);
+            seen_by.push(seen.as_secs_f64() * 1000.0);
             slowest = slowest.max(seen);
         }
+        per_node.push(seen_by);
         all.push(slowest.as_secs_f64() * 1000.0);
     }
     println!("| write on node 1 → visible | median (ms) | p99 (ms) | max (ms) |");
@@ -169,7 +173,10 @@ async fn main() -> anyhow::Result<()> {
     let listed: Vec<String> = slowest
         .iter()
         .take(4)
-        .map(|(r, ms)| format!("write {r}: {ms:.1} ms"))
+        .map(|(r, ms)| {
+            let nodes: Vec<String> = per_node[*r].iter().map(|t| format!("{t:.0}")).collect();
+            format!("write {r}: {ms:.1} ms (nodes 2-5: {} ms)", nodes.join("/"))
+        })
         .collect();
     println!("slowest on all four: {}", listed.join(", "));
     Ok(())

@@ -6,7 +6,7 @@
 //! the mesh channel [`aether_mesh::CHANNEL_STATE`]; what the core asks to
 //! send goes out on the same channel through the mesh's endpoint.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -445,6 +445,23 @@ fn free_disk_bytes(path: &Path) -> Option<u64> {
     (rc == 0).then(|| stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
+/// The peers an update from `origin` is pushed to: `fanout` of `peers`
+/// chosen at random, leaving out the origin, which has the update. A node
+/// that receives a write directly from its writer therefore pushes it on
+/// only to the others; in a lattice of `fanout + 2` nodes or fewer, every
+/// node gets every write within two hops, whatever the random choices.
+fn push_targets(
+    peers: &[[u8; 32]],
+    origin: &[u8; 32],
+    fanout: usize,
+    rng: &mut impl rand::Rng,
+) -> Vec<[u8; 32]> {
+    let mut targets: Vec<[u8; 32]> = peers.iter().filter(|p| *p != origin).copied().collect();
+    targets.shuffle(rng);
+    targets.truncate(fanout);
+    targets
+}
+
 impl Service {
     async fn run(
         mut self,
@@ -650,18 +667,38 @@ impl Service {
         });
     }
 
-    /// Pushes `updates` to `push_fanout` random live peers.
+    /// Pushes `updates` to `push_fanout` random live peers, never back to
+    /// an update's origin (see [`push_targets`]).
     fn push(&mut self, updates: Vec<SignedUpdate>) {
         if updates.is_empty() {
             return;
         }
-        let mut peers: Vec<[u8; 32]> = self.peers.keys().copied().collect();
-        peers.shuffle(&mut rand::thread_rng());
-        peers.truncate(self.config.push_fanout);
-        if peers.is_empty() {
-            return;
+        let mut by_origin: BTreeMap<[u8; 32], Vec<SignedUpdate>> = BTreeMap::new();
+        for u in updates {
+            by_origin.entry(u.origin().0).or_default().push(u);
         }
-        // Split so that each message fits the transport's frame bound.
+        let peers: Vec<[u8; 32]> = self.peers.keys().copied().collect();
+        for (origin, updates) in by_origin {
+            let targets = push_targets(
+                &peers,
+                &origin,
+                self.config.push_fanout,
+                &mut rand::thread_rng(),
+            );
+            if targets.is_empty() {
+                continue;
+            }
+            for bytes in self.push_messages(updates) {
+                for peer in &targets {
+                    self.send_bytes(peer, bytes.clone());
+                }
+            }
+        }
+    }
+
+    /// `updates` as Push messages, each within the transport's frame bound,
+    /// encoded once for every peer.
+    fn push_messages(&self, updates: Vec<SignedUpdate>) -> Vec<Bytes> {
         let max = self.config.sync.max_message_bytes;
         let mut batches: Vec<Vec<SignedUpdate>> = vec![Vec::new()];
         let mut size = 16;
@@ -679,13 +716,10 @@ impl Service {
                 last.push(u);
             }
         }
-        for batch in batches {
-            // Encoded once, sent to every chosen peer.
-            let bytes = Bytes::from(SyncMessage::Push(batch).encode());
-            for peer in &peers {
-                self.send_bytes(peer, bytes.clone());
-            }
-        }
+        batches
+            .into_iter()
+            .map(|batch| Bytes::from(SyncMessage::Push(batch).encode()))
+            .collect()
     }
 
     fn send(&self, to: &[u8; 32], msg: &SyncMessage) {
@@ -814,5 +848,28 @@ impl Service {
             .get(bucket, key)
             .cloned()
             .ok_or_else(|| KvError::Invalid("the write was not applied".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_targets;
+    use rand::SeedableRng as _;
+
+    #[test]
+    fn push_never_goes_back_to_the_origin_and_reaches_everyone_else_in_small_lattices() {
+        let peers: Vec<[u8; 32]> = (1..=4u8).map(|i| [i; 32]).collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            // A node of five that got a write from node 1 pushes it to the other three.
+            let mut targets = push_targets(&peers, &[1; 32], 3, &mut rng);
+            targets.sort();
+            assert_eq!(targets, vec![[2; 32], [3; 32], [4; 32]]);
+            // Its own write: three of the four.
+            let own = push_targets(&peers, &[9; 32], 3, &mut rng);
+            assert_eq!(own.len(), 3);
+            assert!(own.iter().all(|p| peers.contains(p)));
+        }
+        assert!(push_targets(&[[1; 32]], &[1; 32], 3, &mut rng).is_empty());
     }
 }

@@ -123,6 +123,30 @@ fn replicas_land_by_intent_every_node_serves_and_a_killed_host_is_replaced() {
         &big[..],
         "3 MB echoed through a forward"
     );
+    // Both replicas are about as near as each other: the forwarding node
+    // spreads its requests over them instead of sending all to one. (Until
+    // both round trips are known it may not; hence a few rounds.)
+    let mut shares = std::collections::BTreeMap::new();
+    for _ in 0..20 {
+        shares.clear();
+        for _ in 0..20 {
+            let resp = try_request(standby.http(), "GET", "/headers", &[], b"").expect("request");
+            assert_eq!(resp.status, 200, "{}", resp.body);
+            let host = resp
+                .header("aether-forwarded-to")
+                .unwrap_or("?")
+                .to_string();
+            *shares.entry(host).or_insert(0u32) += 1;
+        }
+        if shares.len() == 2 && shares.values().all(|n| *n >= 5) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        shares.len() == 2 && shares.values().all(|n| *n >= 5),
+        "20 requests through one forwarding node, by host: {shares:?}"
+    );
 
     // SIGKILL one host while a bounded load runs through the other nodes.
     let victim = ids

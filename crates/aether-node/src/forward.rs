@@ -21,10 +21,13 @@
 //! before any of the request body left this node, or for an idempotent
 //! method without a body.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use aether_identity::NodeId;
 use aether_runtime::{HttpError, ResponseBody, host_response};
 use aether_transport::{Endpoint, IncomingStream, RecvStream, SendStream};
 use bytes::Bytes;
@@ -105,6 +108,87 @@ pub(crate) struct Forwarder {
     /// The node's main runtime: dials run there, where the transport lives.
     runtime: tokio::runtime::Handle,
     pub(crate) metrics: ForwardMetrics,
+    /// Requests this node has forwarded to each host and not yet seen end.
+    in_flight: Arc<InFlight>,
+    /// Turns between equally loaded hosts.
+    turn: AtomicUsize,
+}
+
+/// Requests in flight from this node, per host.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<HashMap<NodeId, usize>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn count(&self, id: &NodeId) -> usize {
+        self.lock().get(id).copied().unwrap_or(0)
+    }
+
+    /// Counts one more request to `id` until the returned guard drops.
+    fn start(self: &Arc<Self>, id: NodeId) -> InFlightGuard {
+        *self.lock().entry(id).or_insert(0) += 1;
+        InFlightGuard {
+            counts: self.clone(),
+            id,
+        }
+    }
+}
+
+/// One request in flight; dropped when its response ends or fails.
+struct InFlightGuard {
+    counts: Arc<InFlight>,
+    id: NodeId,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock();
+        if let Some(n) = counts.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
+}
+
+/// How much farther than the nearest host a host may be and still share its
+/// load: the larger of this and half the nearest host's round trip.
+const NEAR_BAND: Duration = Duration::from_millis(2);
+
+/// The order in which to try `hosts` (healthy first, nearest first, as the
+/// schedule gives them): among the healthy hosts about as near as the
+/// nearest (within [`NEAR_BAND`] or half its round trip), the one with the
+/// fewest requests in flight from here per instance goes first, taking
+/// turns when several tie; then the others in the schedule's order, as
+/// fallbacks. So replicas at about the same distance share the load, and a
+/// distant one is used only when the near ones fail.
+fn try_order(hosts: &[Host], in_flight: impl Fn(&NodeId) -> usize, turn: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..hosts.len()).collect();
+    let Some(nearest) = hosts.first().filter(|h| h.healthy) else {
+        return order;
+    };
+    let near = |h: &Host| match (nearest.rtt, h.rtt) {
+        (Some(best), Some(rtt)) => rtt <= best + NEAR_BAND.max(best / 2),
+        (None, None) => true,
+        _ => false,
+    };
+    let band = hosts.iter().take_while(|h| h.healthy && near(h)).count();
+    if band > 1 {
+        let load = |i: usize| {
+            let h = &hosts[i];
+            (in_flight(&h.id) as u64 * 1_000) / u64::from(h.instances.max(1))
+        };
+        let least = (0..band).map(load).min().unwrap_or(0);
+        let tied: Vec<usize> = (0..band).filter(|i| load(*i) == least).collect();
+        let first = tied[turn % tied.len()];
+        order.remove(first);
+        order.insert(0, first);
+    }
+    order
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -271,12 +355,13 @@ type PeerBody = StreamBody<
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<Frame<Bytes>, HttpError>> + Send>>,
 >;
 
-/// The rest of `recv` as a body, streamed chunk by chunk.
-fn stream_body(recv: RecvStream) -> PeerBody {
-    let stream = futures::stream::unfold(Some(recv), |state| async move {
-        let mut recv = state?;
+/// The rest of `recv` as a body, streamed chunk by chunk; `in_flight`, if
+/// any, is held until the body ends.
+fn stream_body(recv: RecvStream, in_flight: Option<InFlightGuard>) -> PeerBody {
+    let stream = futures::stream::unfold(Some((recv, in_flight)), |state| async move {
+        let (mut recv, in_flight) = state?;
         match recv.read_chunk(CHUNK, true).await {
-            Ok(Some(chunk)) => Some((Ok(Frame::data(chunk.bytes)), Some(recv))),
+            Ok(Some(chunk)) => Some((Ok(Frame::data(chunk.bytes)), Some((recv, in_flight)))),
             Ok(None) => None,
             Err(e) => {
                 tracing::debug!("forwarded body ended early: {e}");
@@ -321,6 +406,8 @@ impl Forwarder {
             endpoint,
             runtime,
             metrics: ForwardMetrics::default(),
+            in_flight: Arc::default(),
+            turn: AtomicUsize::new(0),
         })
     }
 
@@ -346,8 +433,8 @@ impl Forwarder {
             .map_err(|e| e.to_string())
     }
 
-    /// Forwards `req` to the first of `hosts` that answers. When none
-    /// answered and the request's body is still here (never sent, or empty),
+    /// Forwards `req` to the first of `hosts` that answers, in
+    /// [`try_order`]. When none answered and the request's body is still here (never sent, or empty),
     /// hands the request back so the caller can serve it itself.
     pub(crate) async fn forward<B>(
         &self,
@@ -379,10 +466,13 @@ impl Forwarder {
         let retry_after_send = empty && is_idempotent(&parts.method);
         let mut body = Some(body);
         let mut last_error = String::from("no host");
-        for (attempt, host) in hosts.iter().enumerate() {
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let order = try_order(hosts, |id| self.in_flight.count(id), turn);
+        for (attempt, host) in order.into_iter().map(|i| &hosts[i]).enumerate() {
             if attempt > 0 {
                 self.metrics.retried.inc();
             }
+            let in_flight = self.in_flight.start(host.id);
             let (mut send, mut recv) = match self.open(host, head.clone()).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -411,7 +501,7 @@ impl Forwarder {
                     if let Ok(v) = HeaderValue::from_str(&short(&host.id)) {
                         headers.insert("aether-forwarded-to", v);
                     }
-                    let mut resp = Response::new(stream_body(recv).boxed_unsync());
+                    let mut resp = Response::new(stream_body(recv, Some(in_flight)).boxed_unsync());
                     *resp.status_mut() = status;
                     *resp.headers_mut() = headers;
                     return Ok(resp);
@@ -478,7 +568,7 @@ impl Forwarder {
                 Err(_) => host_response(StatusCode::BAD_REQUEST, "malformed path\n".into()),
                 Ok(uri) => {
                     self.metrics.served.inc();
-                    let mut req = Request::new(stream_body(recv));
+                    let mut req = Request::new(stream_body(recv, None));
                     *req.method_mut() = method;
                     *req.uri_mut() = uri;
                     *req.headers_mut() = headers;
@@ -583,6 +673,71 @@ fn set_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>, uri_host: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id(n: u8) -> NodeId {
+        aether_identity::SecretKey::from_bytes(&[n; 32]).public()
+    }
+
+    fn host(n: u8, rtt_ms: Option<u64>, healthy: bool, instances: u32) -> Host {
+        Host {
+            id: id(n),
+            instances,
+            mesh_addr: SocketAddr::from(([127, 0, 0, n], 7946)),
+            rtt: rtt_ms.map(Duration::from_millis),
+            healthy,
+        }
+    }
+
+    #[test]
+    fn near_hosts_share_the_load_and_far_ones_are_fallbacks() {
+        let hosts = [
+            host(1, Some(1), true, 1),
+            host(2, Some(2), true, 1),
+            host(3, Some(40), true, 1),
+        ];
+        let idle = |_: &NodeId| 0;
+        // Equally idle near hosts take turns; the far one is never first.
+        let firsts: Vec<usize> = (0..4).map(|t| try_order(&hosts, idle, t)[0]).collect();
+        assert_eq!(firsts, vec![0, 1, 0, 1]);
+        assert_eq!(try_order(&hosts, idle, 1), vec![1, 0, 2]);
+        // The less loaded near host goes first, whatever the turn.
+        let busy_first = |h: &NodeId| if *h == id(1) { 5 } else { 1 };
+        for turn in 0..4 {
+            assert_eq!(try_order(&hosts, busy_first, turn)[0], 1);
+        }
+        // Load counts per instance.
+        let weighted = [host(1, Some(1), true, 4), host(2, Some(1), true, 1)];
+        let load = |h: &NodeId| if *h == id(1) { 3 } else { 1 };
+        assert_eq!(try_order(&weighted, load, 1)[0], 0);
+    }
+
+    #[test]
+    fn unhealthy_and_unknown_distance_hosts_keep_the_schedule_order() {
+        let idle = |_: &NodeId| 0;
+        let suspect_first = [host(1, Some(1), false, 1), host(2, Some(1), false, 1)];
+        assert_eq!(try_order(&suspect_first, idle, 1), vec![0, 1]);
+        let unknown = [host(1, None, true, 1), host(2, None, true, 1)];
+        assert_eq!(try_order(&unknown, idle, 1), vec![1, 0]);
+        let mixed = [host(1, Some(1), true, 1), host(2, None, true, 1)];
+        assert_eq!(try_order(&mixed, idle, 1), vec![0, 1]);
+        let healthy_then_not = [host(1, Some(1), true, 1), host(2, Some(1), false, 1)];
+        assert_eq!(try_order(&healthy_then_not, idle, 1), vec![0, 1]);
+        assert!(try_order(&[], idle, 0).is_empty());
+    }
+
+    #[test]
+    fn in_flight_counts_end_with_their_guards() {
+        let counts = Arc::new(InFlight::default());
+        let peer = id(7);
+        let a = counts.start(peer);
+        let b = counts.start(peer);
+        assert_eq!(counts.count(&peer), 2);
+        drop(a);
+        assert_eq!(counts.count(&peer), 1);
+        drop(b);
+        assert_eq!(counts.count(&peer), 0);
+        assert!(counts.lock().is_empty());
+    }
 
     #[test]
     fn heads_round_trip_and_every_truncation_is_refused() {

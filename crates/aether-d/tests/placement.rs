@@ -2,7 +2,7 @@
 //! node serves every component (forwarding to a host over the mesh), a
 //! killed host's replicas come back elsewhere by themselves, and
 //! `replicas = { min, max }` scales with load and down to zero. Real
-//! processes on 127.0.0.181–193, killed with real signals.
+//! processes on 127.0.0.181–196, killed with real signals.
 
 mod common;
 
@@ -473,4 +473,76 @@ fn replicas_scale_up_under_load_down_after_it_and_to_zero_then_back() {
     eventually("back to one replica", Duration::from_secs(15), || {
         placement(&nodes[0])["desired"] == 1
     });
+}
+
+#[test]
+fn a_host_at_capacity_passes_forwarded_requests_to_another_replica() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let nodes = lattice(&[194, 195, 196], scratch.path(), &operator);
+    let ids: Vec<String> = nodes.iter().map(Node::id).collect();
+    let essence = operator.seal(
+        &aetherfile(
+            "probe",
+            "/",
+            "[limits]\nmax_concurrency = 1\n[intent]\nreplicas = 2\n",
+        ),
+        &fixture("probe"),
+    );
+    nodes[0].deploy(essence);
+    eventually("both hosts run it", Duration::from_secs(60), || {
+        component(&nodes[0], "probe")["placement"]["running"] == 2
+            && nodes
+                .iter()
+                .all(|n| n.request("GET", "/", b"").status == 200)
+    });
+    let placed = hosts(&nodes[0], "probe");
+    let host_index: Vec<usize> = (0..3).filter(|i| placed.contains(&ids[*i])).collect();
+    let standby = (0..3)
+        .find(|i| !placed.contains(&ids[*i]))
+        .expect("standby");
+    let (busy, free) = (host_index[0], host_index[1]);
+
+    // The busy host's only instance slot is taken by a slow request sent to
+    // it directly, which the forwarding node knows nothing about.
+    let busy_addr = nodes[busy].http();
+    let slow = std::thread::spawn(move || {
+        try_request(busy_addr, "GET", "/sleep?ms=4000", &[], b"").map(|r| r.status)
+    });
+    eventually(
+        "the busy host is at capacity",
+        Duration::from_secs(3),
+        || component(&nodes[busy], "probe")["instances"] == 1,
+    );
+    let retries_before = metric(&nodes[standby].metrics(), "aether_forward_retries_total");
+    let started = Instant::now();
+    for _ in 0..6 {
+        let resp =
+            try_request(nodes[standby].http(), "GET", "/headers", &[], b"").expect("request");
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let by = resp
+            .header("aether-forwarded-to")
+            .expect("forwarded")
+            .to_string();
+        assert!(
+            ids[free].contains(&by),
+            "answered by {by}, not the free host"
+        );
+        assert!(resp.header("aether-overloaded").is_none());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the slow request still runs"
+    );
+    assert!(
+        metric(&nodes[standby].metrics(), "aether_forward_retries_total") > retries_before,
+        "some requests tried the busy host first"
+    );
+    // Straight to the busy host: 503 with Retry-After, and the internal
+    // marker does not leave the node.
+    let refused = try_request(nodes[busy].http(), "GET", "/", &[], b"").expect("request");
+    assert_eq!(refused.status, 503);
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.header("aether-overloaded").is_none());
+    assert_eq!(slow.join().expect("slow request").expect("answered"), 200);
 }

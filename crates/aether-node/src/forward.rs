@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aether_identity::NodeId;
-use aether_runtime::{HttpError, ResponseBody, host_response};
+use aether_runtime::{HttpError, OVERLOADED, ResponseBody, host_response};
 use aether_transport::{Endpoint, IncomingStream, RecvStream, SendStream};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -468,6 +468,7 @@ impl Forwarder {
         let mut last_error = String::from("no host");
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let order = try_order(hosts, |id| self.in_flight.count(id), turn);
+        let tries = order.len();
         for (attempt, host) in order.into_iter().map(|i| &hosts[i]).enumerate() {
             if attempt > 0 {
                 self.metrics.retried.inc();
@@ -498,6 +499,14 @@ impl Forwarder {
                         break;
                     };
                     strip_hop_by_hop(&mut headers);
+                    // Every instance slot of that host was taken and the
+                    // component did not run: another replica may have room.
+                    if headers.remove(OVERLOADED).is_some() && empty && attempt + 1 < tries {
+                        tracing::debug!(host = %short(&host.id), "host at capacity; trying the next");
+                        let _ = recv.stop(0u32.into());
+                        last_error = "every host is at capacity".into();
+                        continue;
+                    }
                     if let Ok(v) = HeaderValue::from_str(&short(&host.id)) {
                         headers.insert("aether-forwarded-to", v);
                     }

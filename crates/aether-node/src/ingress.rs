@@ -226,5 +226,7 @@ async fn route(
             }
         }
     }
-    deployment.component.handle(req, false).await
+    let mut resp = deployment.component.handle(req, false).await;
+    resp.headers_mut().remove(aether_runtime::OVERLOADED);
+    resp
 }

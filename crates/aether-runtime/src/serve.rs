@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
 use hyper::body::{Body, Frame, SizeHint};
 use wasmtime::{Store, Trap, UpdateDeadline};
@@ -44,6 +44,10 @@ pub enum ServeError {
     GuestError(String),
 }
 
+/// Marks a 503 given because every instance slot was taken: the component
+/// did not run, so the request may go to another replica. Nodes strip it
+/// before a response leaves the lattice.
+pub const OVERLOADED: HeaderName = HeaderName::from_static("aether-overloaded");
 impl ServeError {
     fn kind(&self) -> &'static str {
         match self {
@@ -163,6 +167,8 @@ impl LoadedComponent {
             );
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(OVERLOADED, HeaderValue::from_static("1"));
             return resp;
         };
 

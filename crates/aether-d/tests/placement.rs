@@ -538,9 +538,18 @@ fn a_host_at_capacity_passes_forwarded_requests_to_another_replica() {
         metric(&nodes[standby].metrics(), "aether_forward_retries_total") > retries_before,
         "some requests tried the busy host first"
     );
-    // Straight to the busy host: 503 with Retry-After, and the internal
-    // marker does not leave the node.
-    let refused = try_request(nodes[busy].http(), "GET", "/", &[], b"").expect("request");
+    // Straight to the busy host: a request without a body goes on to the
+    // free one; one with a body (which cannot be sent twice) gets 503 with
+    // Retry-After, and the internal marker does not leave the node.
+    let passed = try_request(nodes[busy].http(), "GET", "/headers", &[], b"").expect("request");
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    let by = passed.header("aether-forwarded-to").expect("forwarded");
+    assert!(
+        ids[free].contains(by),
+        "answered by {by}, not the free host"
+    );
+    let refused =
+        try_request(nodes[busy].http(), "POST", "/echo", &[], b"payload").expect("request");
     assert_eq!(refused.status, 503);
     assert!(refused.header("retry-after").is_some());
     assert!(refused.header("aether-overloaded").is_none());

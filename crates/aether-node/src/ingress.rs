@@ -226,6 +226,22 @@ async fn route(
             }
         }
     }
+    // Hosted here but every instance slot is taken: a request without a
+    // body goes to another replica when there is one (it serves what it is
+    // forwarded, so this is still one hop).
+    if deployment.is_hosted()
+        && deployment.component.is_at_capacity()
+        && hyper::body::Body::is_end_stream(req.body())
+        && let Some((schedule, forwarder)) = &routing.lattice
+        && let Some(others) = schedule
+            .view()
+            .other_hosts(deployment.component.name(), schedule.me())
+    {
+        match forwarder.forward(req, &others, client).await {
+            Ok(resp) => return resp,
+            Err(back) => req = *back,
+        }
+    }
     let mut resp = deployment.component.handle(req, false).await;
     resp.headers_mut().remove(aether_runtime::OVERLOADED);
     resp

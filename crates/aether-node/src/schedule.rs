@@ -108,6 +108,19 @@ pub(crate) enum RouteTo {
 }
 
 impl View {
+    /// The hosts of `name` other than `me`, in the order [`View::route`]
+    /// would try them; `None` when there are none.
+    pub(crate) fn other_hosts(&self, name: &str, me: &NodeId) -> Option<Arc<[Host]>> {
+        let others: Arc<[Host]> = self
+            .forward
+            .get(name)?
+            .iter()
+            .filter(|h| h.id != *me)
+            .cloned()
+            .collect();
+        (!others.is_empty()).then_some(others)
+    }
+
     /// Where a request for `name` goes from node `me`: here when `me` hosts
     /// it (or before any placement was computed); else its hosts, healthy
     /// ones first, nearest first. A deployment scaled to zero goes to its

@@ -421,6 +421,12 @@ impl LoadedComponent {
         Ok(pre)
     }
 
+    /// Every instance slot is taken: a request now would be refused with
+    /// 503 (see [`crate::OVERLOADED`]).
+    pub fn is_at_capacity(&self) -> bool {
+        self.inner.slots.available_permits() == 0
+    }
+
     /// Instances running now.
     pub fn running_instances(&self) -> usize {
         usize::try_from(self.inner.manifest.limits.max_concurrency).unwrap_or(0)

@@ -554,4 +554,24 @@ fn a_host_at_capacity_passes_forwarded_requests_to_another_replica() {
     assert!(refused.header("retry-after").is_some());
     assert!(refused.header("aether-overloaded").is_none());
     assert_eq!(slow.join().expect("slow request").expect("answered"), 200);
+
+    // Both hosts free again. A component cannot fake the marker: its own
+    // 503 is returned as it is, not retried on the other host (which would
+    // run the request twice).
+    let retries = metric(&nodes[standby].metrics(), "aether_forward_retries_total");
+    let faked = try_request(
+        nodes[standby].http(),
+        "GET",
+        "/status?code=503&header=aether-overloaded",
+        &[],
+        b"",
+    )
+    .expect("request");
+    assert_eq!(faked.status, 503, "{}", faked.body);
+    assert_eq!(faked.body, "status");
+    assert!(faked.header("aether-overloaded").is_none());
+    assert_eq!(
+        metric(&nodes[standby].metrics(), "aether_forward_retries_total"),
+        retries
+    );
 }

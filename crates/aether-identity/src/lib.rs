@@ -162,10 +162,11 @@ impl SecretKey {
     /// A new random key from the OS's generator.
     pub fn generate() -> Self {
         use rand::RngCore as _;
+        use zeroize::Zeroize as _;
         let mut secret = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut secret);
         let key = Self::from_bytes(&secret);
-        secret.fill(0);
+        secret.zeroize();
         key
     }
 

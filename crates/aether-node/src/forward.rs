@@ -19,7 +19,10 @@
 //! `-Host` and `-Proto` are set. A host that cannot be reached, or that
 //! fails before answering, is retried on the next host when that is safe:
 //! before any of the request body left this node, or for an idempotent
-//! method without a body.
+//! method without a body. A host whose instance slots are all taken answers
+//! 503 marked [`OVERLOADED`] without running the component; a request
+//! without a body then goes to the next host. Among hosts about as near,
+//! the least loaded goes first ([`try_order`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -178,15 +181,18 @@ fn try_order(hosts: &[Host], in_flight: impl Fn(&NodeId) -> usize, turn: usize) 
     };
     let band = hosts.iter().take_while(|h| h.healthy && near(h)).count();
     if band > 1 {
-        let load = |i: usize| {
-            let h = &hosts[i];
-            (in_flight(&h.id) as u64 * 1_000) / u64::from(h.instances.max(1))
-        };
-        let least = (0..band).map(load).min().unwrap_or(0);
-        let tied: Vec<usize> = (0..band).filter(|i| load(*i) == least).collect();
-        let first = tied[turn % tied.len()];
-        order.remove(first);
-        order.insert(0, first);
+        // Read once: other threads start and end requests meanwhile.
+        let loads: Vec<u64> = hosts[..band]
+            .iter()
+            .map(|h| (in_flight(&h.id) as u64 * 1_000) / u64::from(h.instances.max(1)))
+            .collect();
+        let least = loads.iter().copied().min().unwrap_or(0);
+        let tied: Vec<usize> = (0..band).filter(|i| loads[*i] == least).collect();
+        if !tied.is_empty() {
+            let first = tied[turn % tied.len()];
+            order.remove(first);
+            order.insert(0, first);
+        }
     }
     order
 }
@@ -466,6 +472,9 @@ impl Forwarder {
         let retry_after_send = empty && is_idempotent(&parts.method);
         let mut body = Some(body);
         let mut last_error = String::from("no host");
+        // A host got this bodiless request and failed without saying that
+        // it did not run it.
+        let mut may_have_run = false;
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let order = try_order(hosts, |id| self.in_flight.count(id), turn);
         let tries = order.len();
@@ -496,6 +505,7 @@ impl Forwarder {
                 Ok(bytes) => {
                     let Some((status, mut headers)) = decode_response_head(&bytes) else {
                         last_error = "host sent a malformed response head".into();
+                        may_have_run = true;
                         break;
                     };
                     strip_hop_by_hop(&mut headers);
@@ -518,13 +528,22 @@ impl Forwarder {
                 Err(e) => {
                     tracing::debug!(host = %short(&host.id), "host failed before answering: {e}");
                     last_error = e;
-                    if !(retry_after_send || body.is_some()) {
+                    if empty {
+                        // The host may have run it: again only when that is harmless.
+                        may_have_run = true;
+                        if !retry_after_send {
+                            break;
+                        }
+                    } else if body.is_none() {
+                        // Its body has left; it cannot be sent again.
                         break;
                     }
                 }
             }
         }
-        if let Some(body) = body {
+        if let Some(body) = body
+            && !(may_have_run && !retry_after_send)
+        {
             tracing::debug!("no host answered ({last_error}); serving here");
             self.metrics.served_here.inc();
             return Err(Box::new(Request::from_parts(parts, body)));
@@ -718,6 +737,22 @@ mod tests {
         let weighted = [host(1, Some(1), true, 4), host(2, Some(1), true, 1)];
         let load = |h: &NodeId| if *h == id(1) { 3 } else { 1 };
         assert_eq!(try_order(&weighted, load, 1)[0], 0);
+    }
+
+    #[test]
+    fn loads_changing_while_the_order_is_chosen_are_read_once() {
+        // Other threads start and end requests meanwhile: every read differs.
+        let hosts = [host(1, Some(1), true, 1), host(2, Some(1), true, 1)];
+        let reads = std::cell::Cell::new(0usize);
+        let moving = |_: &NodeId| {
+            reads.set(reads.get() + 1);
+            reads.get()
+        };
+        for turn in 0..4 {
+            let order = try_order(&hosts, moving, turn);
+            assert_eq!(order.len(), 2);
+        }
+        assert_eq!(reads.get(), 8, "one read per host per choice");
     }
 
     #[test]

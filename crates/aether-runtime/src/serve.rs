@@ -239,14 +239,22 @@ impl LoadedComponent {
         });
 
         match receiver.await {
-            Ok(Ok(resp)) if has_body => resp.map(|inner| {
-                GuardedBody {
-                    inner,
-                    exceeded: body_exceeded,
-                }
-                .boxed_unsync()
-            }),
-            Ok(Ok(resp)) => resp,
+            // The overload marker is the host's alone: a guest that set it
+            // could make a forwarding node run a request twice.
+            Ok(Ok(mut resp)) if has_body => {
+                resp.headers_mut().remove(OVERLOADED);
+                resp.map(|inner| {
+                    GuardedBody {
+                        inner,
+                        exceeded: body_exceeded,
+                    }
+                    .boxed_unsync()
+                })
+            }
+            Ok(Ok(mut resp)) => {
+                resp.headers_mut().remove(OVERLOADED);
+                resp
+            }
             Ok(Err(code)) => {
                 if body_exceeded.load(Ordering::Relaxed) {
                     return self.fault(&ServeError::BodyTooLarge);

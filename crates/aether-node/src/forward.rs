@@ -440,8 +440,10 @@ impl Forwarder {
     }
 
     /// Forwards `req` to the first of `hosts` that answers, in
-    /// [`try_order`]. When none answered and the request's body is still here (never sent, or empty),
-    /// hands the request back so the caller can serve it itself.
+    /// [`try_order`]. When none answered and the request can still be served
+    /// once (its body never sent, or no body and no host that may have run
+    /// it, unless it is idempotent), hands it back so the caller can serve
+    /// it itself.
     pub(crate) async fn forward<B>(
         &self,
         req: Request<B>,

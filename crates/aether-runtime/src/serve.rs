@@ -48,6 +48,7 @@ pub enum ServeError {
 /// did not run, so the request may go to another replica. Nodes strip it
 /// before a response leaves the lattice.
 pub const OVERLOADED: HeaderName = HeaderName::from_static("aether-overloaded");
+
 impl ServeError {
     fn kind(&self) -> &'static str {
         match self {
@@ -241,19 +242,19 @@ impl LoadedComponent {
         match receiver.await {
             // The overload marker is the host's alone: a guest that set it
             // could make a forwarding node run a request twice.
-            Ok(Ok(mut resp)) if has_body => {
-                resp.headers_mut().remove(OVERLOADED);
-                resp.map(|inner| {
-                    GuardedBody {
-                        inner,
-                        exceeded: body_exceeded,
-                    }
-                    .boxed_unsync()
-                })
-            }
             Ok(Ok(mut resp)) => {
                 resp.headers_mut().remove(OVERLOADED);
-                resp
+                if has_body {
+                    resp.map(|inner| {
+                        GuardedBody {
+                            inner,
+                            exceeded: body_exceeded,
+                        }
+                        .boxed_unsync()
+                    })
+                } else {
+                    resp
+                }
             }
             Ok(Err(code)) => {
                 if body_exceeded.load(Ordering::Relaxed) {

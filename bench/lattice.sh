@@ -8,6 +8,9 @@
 # 1. served locally vs forwarded one hop: hello-wstd deployed with `replicas = 1`; the same
 #    `wrk -t2 -c32 -d$BENCH_DURATION --latency` as the runtime bench (bench/run.sh), first
 #    against the node that hosts it (reference), then against a node that forwards to it.
+#    Then again with the host pinned to one core and the forwarding node and wrk to another
+#    (taskset, when there are two cores or more): as if host and client ran on separate
+#    machines, so the hop's work does not take CPU from the host.
 # 2. kill-to-restored: SIGKILL the host; time until another node's `alkahest status --json`
 #    shows the replica placed elsewhere and running (ROUNDS rounds; the node restarts between).
 # 3. scale to zero across the lattice: a `replicas = { min = 0, max = 1 }` deployment idles to
@@ -116,6 +119,21 @@ log "the same with one connection (latency without queueing)"
 read -r l1_rps l1_p50 l1_p99 <<<"$(bench "http://$(ip "$host"):$HTTP_PORT/hello" -t1 -c1)"
 read -r f1_rps f1_p50 f1_p99 <<<"$(bench "http://$(ip "$other"):$HTTP_PORT/hello" -t1 -c1)"
 
+pinned=""
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  log "again with the host on core 1, the forwarding node and wrk on core 0"
+  taskset -a -p -c 1 "${PIDS[$host]}" >/dev/null
+  taskset -a -p -c 0 "${PIDS[$other]}" >/dev/null
+  taskset -p -c 0 $$ >/dev/null   # this shell, so wrk starts on core 0
+  read -r pl_rps pl_p50 pl_p99 <<<"$(bench "http://$(ip "$host"):$HTTP_PORT/hello")"
+  read -r pf_rps pf_p50 pf_p99 <<<"$(bench "http://$(ip "$other"):$HTTP_PORT/hello")"
+  all="0-$(( $(nproc) - 1 ))"
+  taskset -p -c "$all" $$ >/dev/null
+  taskset -a -p -c "$all" "${PIDS[$host]}" >/dev/null
+  taskset -a -p -c "$all" "${PIDS[$other]}" >/dev/null
+  pinned=1
+fi
+
 echo "## Lattice: 5 nodes on loopback ($WORKERS ingress threads each), hello-wstd, wrk -t2 -c32 -d$DURATION"
 echo
 echo "| path | req/s | p50 (ms) | p99 (ms) |"
@@ -124,8 +142,14 @@ echo "| served locally by its host (reference) | $l_rps | $l_p50 | $l_p99 |"
 echo "| forwarded one hop over the mesh | $f_rps | $f_p50 | $f_p99 |"
 echo "| one connection (wrk -t1 -c1): served locally | $l1_rps | $l1_p50 | $l1_p99 |"
 echo "| one connection (wrk -t1 -c1): forwarded | $f1_rps | $f1_p50 | $f1_p99 |"
+if [ -n "$pinned" ]; then
+  echo "| host on its own core, wrk on another: served locally | $pl_rps | $pl_p50 | $pl_p99 |"
+  echo "| host on its own core, forwarding node and wrk on another: forwarded | $pf_rps | $pf_p50 | $pf_p99 |"
+fi
 awk -v lr="$l_rps" -v fr="$f_rps" -v lp="$l_p50" -v fp="$f_p50" -v l1="$l1_p50" -v f1="$f1_p50" 'BEGIN {
   printf "forwarded: %.0f%% of local req/s (bar >= 50%%); p50 adds %.3f ms at 32 connections, %.3f ms at one (bar <= 0.5 ms)\n", 100 * fr / lr, fp - lp, f1 - l1 }'
+[ -z "$pinned" ] || awk -v lr="$pl_rps" -v fr="$pf_rps" -v lp="$pl_p50" -v fp="$pf_p50" 'BEGIN {
+  printf "on separate cores: forwarded %.0f%% of local req/s; p50 adds %.3f ms at 32 connections\n", 100 * fr / lr, fp - lp }'
 echo
 
 log "kill-to-restored, $ROUNDS rounds"
@@ -191,4 +215,4 @@ echo "| first request after the lattice scaled to zero (bar <= 50 ms) | $(median
 echo
 
 log "placement recomputation (cargo example, release)"
-nice -n 19 cargo run --release -q -p aether-placement --example placement_bench 2>/dev/null | tail -5
+nice -n 19 cargo run --release -q -p aether-placement --example placement_bench 2>/dev/null

@@ -6,13 +6,13 @@ mod common;
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use aether_identity::{InviteToken, Labels, NodeCertificate, SecretKey};
 use bytes::Bytes;
 use common::block_on;
 use common::cluster::{Node, Operator, eventually, join_args, unix_now};
+use common::partition::Partition;
 use http::Method;
 use serde_json::Value;
 
@@ -338,55 +338,6 @@ fn nodes_that_cannot_prove_admission_are_refused_counted_and_never_alive() {
         log.contains("refused peer during the TLS handshake"),
         "{log}"
     );
-}
-
-/// An nftables table that drops UDP between two groups of loopback
-/// addresses; removed on drop.
-struct Partition {
-    table: String,
-}
-
-impl Partition {
-    fn new(a: &[Ipv4Addr], b: &[Ipv4Addr]) -> Self {
-        let table = format!("aether_test_{}", std::process::id());
-        let set = |ips: &[Ipv4Addr]| {
-            let list: Vec<String> = ips.iter().map(ToString::to_string).collect();
-            format!("{{ {} }}", list.join(", "))
-        };
-        let script = format!(
-            "add table inet {table}\n\
-             add chain inet {table} input {{ type filter hook input priority -10; }}\n\
-             add rule inet {table} input ip saddr {a} ip daddr {b} meta l4proto udp drop\n\
-             add rule inet {table} input ip saddr {b} ip daddr {a} meta l4proto udp drop\n",
-            a = set(a),
-            b = set(b)
-        );
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nft is needed for the partition test (scripts/test.sh installs nftables)");
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("write nft script");
-        assert!(
-            child.wait().expect("nft").success(),
-            "nft refused:\n{script}"
-        );
-        Self { table }
-    }
-}
-
-impl Drop for Partition {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.table])
-            .status();
-    }
 }
 
 fn kv_put(node: &Node, bucket: &str, key: &str, value: &str) {

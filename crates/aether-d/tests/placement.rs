@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Node, Operator, eventually, fixture, join_args, lattice, metric};
 use common::http::try_request;
+use common::partition::Partition;
 use http::Method;
 use serde_json::Value;
 
@@ -574,4 +575,66 @@ fn a_host_at_capacity_passes_forwarded_requests_to_another_replica() {
         metric(&nodes[standby].metrics(), "aether_forward_retries_total"),
         retries
     );
+}
+
+/// Whether `node` has deployment `name` loaded.
+fn has_component(node: &Node, name: &str) -> bool {
+    common::block_on(node.client().json::<Value>(
+        Method::GET,
+        &format!("/v1/components/{name}"),
+        bytes::Bytes::new(),
+    ))
+    .is_ok()
+}
+
+#[test]
+fn a_route_two_sides_of_a_partition_both_deployed_goes_to_the_first_deploy_everywhere() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let nodes = lattice(&[197, 198, 199], scratch.path(), &operator);
+    // The later deploy has the smaller name, so only the deploy time can
+    // make the first one win.
+    let first = operator.seal(
+        &aetherfile("zfirst", "/claimed", ""),
+        &fixture("hello-wstd"),
+    );
+    let later = operator.seal(&aetherfile("alater", "/claimed", ""), &fixture("probe"));
+    {
+        let _partition = Partition::new(&[nodes[0].ip], &[nodes[1].ip, nodes[2].ip]);
+        nodes[1].deploy(first);
+        // Deploy times are whole seconds: the next deploy is in a later one.
+        std::thread::sleep(Duration::from_millis(1100));
+        nodes[0].deploy(later);
+        assert!(has_component(&nodes[0], "alater"), "{}", nodes[0].stderr());
+        assert!(!has_component(&nodes[0], "zfirst"));
+        assert!(has_component(&nodes[1], "zfirst"), "{}", nodes[1].stderr());
+    }
+    eventually(
+        "every node serves the first deploy and has dropped the later",
+        Duration::from_secs(60),
+        || {
+            nodes.iter().all(|n| {
+                let r = n.request("GET", "/claimed", b"");
+                r.status == 200
+                    && r.body.contains("Hello from wstd")
+                    && has_component(n, "zfirst")
+                    && !has_component(n, "alater")
+            })
+        },
+    );
+    assert!(
+        nodes.iter().any(|n| n
+            .stderr()
+            .contains("route `/claimed` belongs to `zfirst`, deployed first; `alater` is removed")),
+        "no node says why `alater` went:\n{}",
+        nodes[1].stderr()
+    );
+    // The later deploy's record is gone from the lattice: it does not come
+    // back, on any node.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in &nodes {
+        assert!(!has_component(n, "alater"), "{}", n.stderr());
+        let r = n.request("GET", "/claimed", b"");
+        assert!(r.body.contains("Hello from wstd"), "{r:?}");
+    }
 }

@@ -135,6 +135,38 @@ impl Deployments {
         self.current.load().by_name.values().cloned().collect()
     }
 
+    /// The deployments whose routes `essence`'s would collide with, one
+    /// conflict per deployment. None when the essence is not valid here:
+    /// deploying it says why.
+    pub(crate) fn route_conflicts(&self, essence: &[u8]) -> Vec<RouteConflict> {
+        let Ok(verified) = Essence::open(essence).and_then(|e| e.verify(&self.publishers)) else {
+            return Vec::new();
+        };
+        let name = verified.manifest().name.as_str();
+        let routes = verified.manifest().http.routes.as_slice();
+        let snapshot = self.current.load();
+        let mut found: Vec<RouteConflict> = Vec::new();
+        loop {
+            let existing = snapshot
+                .by_name
+                .iter()
+                .filter(|(n, _)| n.as_str() != name && !found.iter().any(|c| &c.owner == *n))
+                .map(|(n, d)| {
+                    (
+                        n.as_str(),
+                        d.component.manifest().http.routes.as_slice(),
+                        Arc::new(()),
+                    )
+                });
+            // The newcomer goes last, so a conflict names the other owner.
+            let all = existing.chain(std::iter::once((name, routes, Arc::new(()))));
+            match RouteTable::build(all) {
+                Ok(_) => return found,
+                Err(conflict) => found.push(conflict),
+            }
+        }
+    }
+
     /// Verifies, loads and starts serving an essence; persists it so a
     /// restart serves it again. Returns whether it replaced a deployment.
     pub async fn deploy(&self, essence: Vec<u8>) -> Result<(Arc<Deployment>, bool), DeployError> {

@@ -337,16 +337,23 @@ impl Replication {
             match fetched {
                 // The record may have changed or been removed meanwhile.
                 Some(bytes) if this.still_wanted(&name, &record.essence_hash).await => {
-                    match this.deployments.deploy(bytes).await {
-                        Ok((d, _)) => tracing::info!(
+                    if let Err(why) = this.make_room(&bytes, &record).await {
+                        tracing::warn!(
                             component = %name,
-                            hash = %d.essence_hash,
-                            "deployed from the lattice"
-                        ),
-                        Err(e) => tracing::warn!(
-                            component = %name,
-                            "the lattice's deployment is refused here: {e}"
-                        ),
+                            "the lattice's deployment is refused here: {why}"
+                        );
+                    } else {
+                        match this.deployments.deploy(bytes).await {
+                            Ok((d, _)) => tracing::info!(
+                                component = %name,
+                                hash = %d.essence_hash,
+                                "deployed from the lattice"
+                            ),
+                            Err(e) => tracing::warn!(
+                                component = %name,
+                                "the lattice's deployment is refused here: {e}"
+                            ),
+                        }
                     }
                 }
                 Some(_) => {}
@@ -362,6 +369,58 @@ impl Replication {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&name);
         });
+    }
+
+    /// Settles a route two deployments claim, the same way on every node:
+    /// the one deployed first (then the smaller name) keeps it, as if the
+    /// later deploy had been refused on a node that knew the first. Deploys
+    /// on two nodes at about the same time can both be accepted there
+    /// before either hears of the other; without this rule each node would
+    /// keep whichever arrived first. The loser is removed from the lattice
+    /// (its record deleted, if it is still the deploy that was judged) and
+    /// a warning says why.
+    async fn make_room(&self, essence: &[u8], record: &Record) -> Result<(), String> {
+        let conflicts = self.deployments.route_conflicts(essence);
+        for c in &conflicts {
+            // An owner without a record is being removed: it goes last.
+            let owner_at = lattice_record(&self.kv, &c.owner)
+                .await
+                .map_or(u64::MAX, |r| r.deployed_at);
+            if (owner_at, c.owner.as_str()) < (record.deployed_at, record.name.as_str()) {
+                self.withdraw(&record.name, &record.essence_hash).await;
+                return Err(format!(
+                    "route `{}` belongs to `{}`, deployed first; `{}` is removed from the lattice",
+                    c.route, c.owner, record.name
+                ));
+            }
+        }
+        for c in conflicts {
+            tracing::warn!(
+                component = %c.owner,
+                "route `{}` belongs to `{}`, deployed first; `{}` is removed from the lattice",
+                c.route,
+                record.name,
+                c.owner
+            );
+            if let Some(owner) = self.deployments.get(&c.owner) {
+                self.withdraw(&c.owner, &owner.essence_hash).await;
+            }
+            if let Err(e) = self.deployments.remove(&c.owner).await {
+                return Err(format!("cannot remove `{}` to make room: {e}", c.owner));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the lattice's record of `name` if it still names `hash`.
+    async fn withdraw(&self, name: &str, hash: &str) {
+        if lattice_record(&self.kv, name)
+            .await
+            .is_some_and(|r| r.essence_hash == hash)
+            && let Err(e) = self.kv.put(DEPLOYMENTS_BUCKET, name.as_bytes(), None).await
+        {
+            tracing::warn!(component = %name, "cannot remove the deployment record: {e}");
+        }
     }
 
     /// Fetches a record's essence from the live members, one after another,

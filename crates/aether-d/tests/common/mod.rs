@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod partition;
 
 use std::io::{BufRead as _, BufReader};
 use std::sync::{Arc, Mutex};

@@ -148,6 +148,14 @@ fn replicas_land_by_intent_every_node_serves_and_a_killed_host_is_replaced() {
         shares.len() == 2 && shares.values().all(|n| *n >= 5),
         "20 requests through one forwarding node, by host: {shares:?}"
     );
+    // They left from the ingress threads' own endpoints, straight to the
+    // hosts' ingress threads.
+    let direct = metric(&standby.metrics(), "aether_forward_direct_requests_total");
+    assert!(
+        direct >= 20.0,
+        "{direct} requests forwarded directly:\n{}",
+        standby.metrics()
+    );
 
     // SIGKILL one host while a bounded load runs through the other nodes.
     let victim = ids

@@ -19,16 +19,19 @@
 //! `-Host` and `-Proto` are set. A host that cannot be reached, or that
 //! fails before answering, is retried on the next host when that is safe:
 //! before any of the request body left this node, or for an idempotent
-//! method without a body. A host whose instance slots are all taken answers
+//! method without a body. Each ingress thread forwards from its own QUIC
+//! endpoint to one of the host's ingress threads, which serves the request
+//! where it arrives ([`Forwarder::start_worker`]); the node's endpoint is
+//! the fallback. A host whose instance slots are all taken answers
 //! 503 marked [`OVERLOADED`] without running the component; a request
 //! without a body then goes to the next host. Among hosts about as near,
 //! the least loaded goes first ([`try_order`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use aether_identity::NodeId;
 use aether_runtime::{HttpError, OVERLOADED, ResponseBody, host_response};
@@ -45,6 +48,11 @@ use crate::schedule::{Host, short};
 
 /// Mesh channel of forwarded HTTP requests.
 pub const CHANNEL_HTTP: u8 = 4;
+/// Mesh channel on which a node says where its ingress threads take
+/// forwarded requests directly (one address per line).
+pub const CHANNEL_DIRECT: u8 = 6;
+/// How long a host without a direct path is not asked again.
+const DIRECT_RETRY: Duration = Duration::from_secs(10);
 /// Largest request or response head.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Bytes read from a stream at once.
@@ -64,6 +72,8 @@ const COALESCE_MAX: usize = 64 * 1024;
 pub(crate) struct ForwardMetrics {
     /// Requests sent to a host.
     pub forwarded: Counter,
+    /// Of those, requests sent from the ingress thread's own endpoint.
+    pub direct: Counter,
     /// Attempts retried on another host.
     pub retried: Counter,
     /// Requests no host answered (502).
@@ -81,6 +91,11 @@ impl ForwardMetrics {
             "aether_forward_requests",
             "Requests forwarded to a host over the mesh",
             self.forwarded.clone(),
+        );
+        registry.register(
+            "aether_forward_direct_requests",
+            "Forwarded requests sent from the ingress thread's own endpoint to a host's ingress thread",
+            self.direct.clone(),
         );
         registry.register(
             "aether_forward_retries",
@@ -115,6 +130,22 @@ pub(crate) struct Forwarder {
     in_flight: Arc<InFlight>,
     /// Turns between equally loaded hosts.
     turn: AtomicUsize,
+    /// The deployments, once [`Forwarder::serve`] runs.
+    deployments: OnceLock<Arc<Deployments>>,
+    /// The UDP ports where this node's ingress threads take forwarded
+    /// requests directly.
+    direct_ports: std::sync::Mutex<Vec<u16>>,
+    /// Direct dials per (ingress thread, host): when the last one started,
+    /// and whether it is still running.
+    direct_dials: std::sync::Mutex<HashMap<(usize, NodeId), (Instant, bool)>>,
+    /// This forwarder, for the tasks it starts.
+    me: std::sync::Weak<Forwarder>,
+}
+
+thread_local! {
+    /// This ingress thread's own endpoint and index, when it has one.
+    static WORKER: std::cell::RefCell<Option<(usize, Endpoint)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Requests in flight from this node, per host.
@@ -408,18 +439,166 @@ fn is_idempotent(method: &Method) -> bool {
 
 impl Forwarder {
     pub(crate) fn new(endpoint: Endpoint, runtime: tokio::runtime::Handle) -> Arc<Self> {
-        Arc::new(Self {
+        Arc::new_cyclic(|me| Self {
+            me: me.clone(),
             endpoint,
             runtime,
             metrics: ForwardMetrics::default(),
             in_flight: Arc::default(),
             turn: AtomicUsize::new(0),
+            deployments: OnceLock::new(),
+            direct_ports: std::sync::Mutex::new(Vec::new()),
+            direct_dials: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Gives ingress thread `index` its own QUIC endpoint (a sibling of the
+    /// node's, on an ephemeral port of the same address), run by the
+    /// calling thread's runtime. Requests this thread forwards leave from
+    /// it, and requests peers forward to it run here, where they arrive,
+    /// as a local request does: no thread wakes another on the way. Peers
+    /// learn the address on [`CHANNEL_DIRECT`].
+    pub(crate) fn start_worker(self: &Arc<Self>, index: usize) {
+        let Ok(main) = self.endpoint.local_addr() else {
+            return;
+        };
+        let sibling = match self.endpoint.bind_sibling(SocketAddr::new(main.ip(), 0)) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("ingress thread {index} forwards through the node's endpoint: {e}");
+                return;
+            }
+        };
+        if let Ok(addr) = sibling.local_addr() {
+            self.direct_ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(addr.port());
+        }
+        let this = self.clone();
+        sibling.serve_streams(
+            CHANNEL_HTTP,
+            Arc::new(move |stream| {
+                let this = this.clone();
+                Box::pin(async move {
+                    if let Some(deployments) = this.deployments.get().cloned() {
+                        this.serve_one(stream, &deployments).await;
+                    }
+                })
+            }),
+        );
+        WORKER.with(|w| *w.borrow_mut() = Some((index, sibling)));
+    }
+
+    /// A stream to `host` from this ingress thread's own endpoint, to one
+    /// of the host's ingress threads, when that connection is up. When it
+    /// is not, starts dialing it in the background (the host is asked where
+    /// its threads listen, over the node's endpoint) and says so: this
+    /// request takes the node's endpoint, later ones the direct path. A
+    /// failed dial is retried after [`DIRECT_RETRY`].
+    async fn open_direct(
+        &self,
+        worker: &(usize, Endpoint),
+        host: &Host,
+        head: Bytes,
+    ) -> Result<(SendStream, RecvStream), String> {
+        let (index, local) = worker;
+        if local.is_connected(&host.id) {
+            return local
+                .open_stream_with(&host.id, CHANNEL_HTTP, head)
+                .await
+                .map_err(|e| e.to_string());
+        }
+        if !self.endpoint.is_connected(&host.id) {
+            return Err("the node's endpoint is not connected to the host".into());
+        }
+        {
+            let mut dials = self.direct_dials.lock().unwrap_or_else(|p| p.into_inner());
+            let key = (*index, host.id);
+            if dials
+                .get(&key)
+                .is_some_and(|(started, running)| *running || started.elapsed() < DIRECT_RETRY)
+            {
+                return Err("no direct connection yet".into());
+            }
+            dials.insert(key, (Instant::now(), true));
+        }
+        let (Some(this), index, local, host) =
+            (self.me.upgrade(), *index, local.clone(), host.clone())
+        else {
+            return Err("stopping".into());
+        };
+        tokio::spawn(async move {
+            let dialed = async {
+                let ports = this.ask_direct(&host).await?;
+                let port = ports
+                    .get(index % ports.len().max(1))
+                    .copied()
+                    .ok_or("the host has no direct path")?;
+                let addr = SocketAddr::new(host.mesh_addr.ip(), port);
+                tokio::time::timeout(DIAL_TIMEOUT, local.connect(addr, Some(host.id)))
+                    .await
+                    .map_err(|_| format!("dialing {addr} timed out"))?
+                    .map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
+            }
+            .await;
+            if let Err(e) = &dialed {
+                tracing::debug!(host = %short(&host.id), "no direct path: {e}");
+            }
+            if let Some(dial) = this
+                .direct_dials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_mut(&(index, host.id))
+            {
+                dial.1 = false;
+            }
+        });
+        Err("dialing the direct path".into())
+    }
+
+    /// Asks `host`, over the node's endpoint, on which UDP ports (of its
+    /// mesh address) its ingress threads take forwarded requests.
+    async fn ask_direct(&self, host: &Host) -> Result<Vec<u16>, String> {
+        let endpoint = self.endpoint.clone();
+        let id = host.id;
+        let ask = async move {
+            let (mut send, mut recv) = endpoint
+                .open_stream(&id, CHANNEL_DIRECT)
+                .await
+                .map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            let reply = recv.read_to_end(4096).await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                String::from_utf8_lossy(&reply)
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect(),
+            )
+        };
+        // The node's endpoint lives on the main runtime.
+        match tokio::time::timeout(DIAL_TIMEOUT, self.runtime.spawn(ask)).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the host did not say where to connect".into()),
+        }
     }
 
     /// A stream to `host` that starts with `head`, dialing the host first
     /// when no connection is cached.
     async fn open(&self, host: &Host, head: Bytes) -> Result<(SendStream, RecvStream), String> {
+        if let Some(worker) = WORKER.with(|w| w.borrow().clone()) {
+            match self.open_direct(&worker, host, head.clone()).await {
+                Ok(stream) => {
+                    self.metrics.direct.inc();
+                    return Ok(stream);
+                }
+                Err(e) => {
+                    tracing::trace!(host = %short(&host.id), "through the node's endpoint: {e}");
+                }
+            }
+        }
         if !self.endpoint.is_connected(&host.id) {
             let endpoint = self.endpoint.clone();
             let (addr, id) = (host.mesh_addr, host.id);
@@ -560,6 +739,25 @@ impl Forwarder {
     /// Serves the requests peers forward to this node, on the transport's
     /// tasks (no queue in between).
     pub(crate) fn serve(self: &Arc<Self>, deployments: Arc<Deployments>) {
+        let _ = self.deployments.set(deployments.clone());
+        let this = self.clone();
+        self.endpoint.serve_streams(
+            CHANNEL_DIRECT,
+            Arc::new(move |mut stream| {
+                let this = this.clone();
+                Box::pin(async move {
+                    let reply: String = this
+                        .direct_ports
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|a| format!("{a}\n"))
+                        .collect();
+                    let _ = stream.send.write_all(reply.as_bytes()).await;
+                    let _ = stream.send.finish();
+                })
+            }),
+        );
         let this = self.clone();
         self.endpoint.serve_streams(
             CHANNEL_HTTP,

@@ -65,7 +65,12 @@ impl IngressThreads {
                 std::thread::Builder::new()
                     .name(format!("aether-ingress-{i}"))
                     .spawn(move || {
-                        rt.block_on(worker(i, rx, load, routing, shutdown, drain_timeout));
+                        rt.block_on(async {
+                            if let Some((_, forwarder)) = &routing.lattice {
+                                forwarder.start_worker(i);
+                            }
+                            worker(i, rx, load, routing, shutdown, drain_timeout).await;
+                        });
                     })?,
             );
         }

@@ -174,6 +174,8 @@ struct Inner {
     incoming_rx: tokio::sync::Mutex<mpsc::Receiver<Message>>,
     /// Where each channel's incoming request streams go.
     stream_handlers: Mutex<HashMap<u8, StreamHandler>>,
+    /// Other endpoints of this node ([`Endpoint::bind_sibling`]).
+    siblings: Mutex<Vec<Weak<Inner>>>,
 }
 
 impl Drop for Inner {
@@ -232,8 +234,44 @@ impl Endpoint {
         admission: Admission,
         config: Config,
     ) -> Result<Self, TransportError> {
+        Self::bind_with(
+            addr,
+            identity,
+            admission,
+            config,
+            Arc::new(TransportMetrics::default()),
+        )
+    }
+
+    /// Binds another endpoint of this node on `addr`, run by the current
+    /// tokio runtime: same identity, admission and settings, and the same
+    /// metrics. Closing a peer here ([`Endpoint::close_peer`],
+    /// [`Endpoint::revoke`]) closes it on the sibling too. A node gives each
+    /// of its threads one, so a thread carries its own QUIC traffic without
+    /// waking another.
+    pub fn bind_sibling(&self, addr: SocketAddr) -> Result<Self, TransportError> {
+        let inner = &self.inner;
+        let sibling = Self::bind_with(
+            addr,
+            inner.identity.clone(),
+            inner.admission.clone(),
+            inner.config.clone(),
+            inner.metrics.clone(),
+        )?;
+        let mut siblings = inner.siblings.lock().unwrap_or_else(|p| p.into_inner());
+        siblings.retain(|s| s.strong_count() > 0);
+        siblings.push(Arc::downgrade(&sibling.inner));
+        Ok(sibling)
+    }
+
+    fn bind_with(
+        addr: SocketAddr,
+        identity: NodeIdentity,
+        admission: Admission,
+        config: Config,
+        metrics: Arc<TransportMetrics>,
+    ) -> Result<Self, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let metrics = Arc::new(TransportMetrics::default());
         let verifier = Arc::new(PeerVerifier::new(
             admission.clone(),
             metrics.clone(),
@@ -287,6 +325,7 @@ impl Endpoint {
             incoming_tx,
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
             stream_handlers: Mutex::new(HashMap::new()),
+            siblings: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&inner);
         inner.verifier.on_displaced(move |node| {
@@ -579,7 +618,19 @@ impl Endpoint {
     /// Closes every connection with `node` (for example because it was
     /// revoked); returns how many were open.
     pub fn close_peer(&self, node: &NodeId) -> usize {
-        self.inner.close_peer(node, close_code::CLOSED, b"closed")
+        let siblings: Vec<Arc<Inner>> = self
+            .inner
+            .siblings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        siblings
+            .iter()
+            .map(|s| s.close_peer(node, close_code::CLOSED, b"closed"))
+            .sum::<usize>()
+            + self.inner.close_peer(node, close_code::CLOSED, b"closed")
     }
 
     /// Adds a verified revocation to the shared set and, when the node was

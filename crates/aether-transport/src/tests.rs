@@ -814,3 +814,71 @@ async fn request_streams_on_a_channel_nobody_serves_are_refused() {
         Err(TransportError::NotConnected(_))
     ));
 }
+
+#[tokio::test]
+async fn a_sibling_endpoint_shares_identity_and_admission_and_closes_with_its_node() {
+    let root = SecretKey::generate();
+    let host = node(&root);
+    let sibling = host
+        .bind_sibling("127.0.0.1:0".parse().expect("addr"))
+        .expect("sibling");
+    assert_ne!(addr(&sibling), addr(&host));
+    assert_eq!(sibling.node_id(), host.node_id());
+    let peer = node(&root);
+    let outcast = node(&root);
+
+    // A peer dials the sibling and is served there, under the host's id.
+    sibling.serve_streams(
+        7,
+        std::sync::Arc::new(|mut stream: crate::IncomingStream| {
+            Box::pin(async move {
+                let _ = stream.send.write_all(b"from the sibling").await;
+                let _ = stream.send.finish();
+            })
+        }),
+    );
+    bounded(
+        "connect",
+        peer.connect(addr(&sibling), Some(host.node_id())),
+    )
+    .await
+    .expect("connect to the sibling");
+    let (mut send, mut recv) = bounded("open", peer.open_stream(&host.node_id(), 7))
+        .await
+        .expect("open");
+    let _ = send.finish();
+    let reply = bounded("reply", recv.read_to_end(64)).await.expect("reply");
+    assert_eq!(reply, b"from the sibling");
+
+    // Revoking on the node closes the sibling's connection too, and the
+    // sibling refuses the revoked node from then on.
+    let revocation = Revocation::issue(&root, &peer.node_id(), "compromised", now())
+        .expect("revocation")
+        .verify(&root.public())
+        .expect("verified");
+    assert!(host.revoke(revocation));
+    assert!(!sibling.is_connected(&peer.node_id()));
+    eventually("peer drops the closed connection", || {
+        !peer.is_connected(&host.node_id())
+    })
+    .await;
+    assert!(
+        bounded("connect", peer.connect(addr(&sibling), None))
+            .await
+            .is_err()
+    );
+
+    // Closing a peer on the node (declared dead) closes it on the sibling.
+    bounded(
+        "connect",
+        outcast.connect(addr(&sibling), Some(host.node_id())),
+    )
+    .await
+    .expect("connect");
+    eventually("sibling caches the connection", || {
+        sibling.is_connected(&outcast.node_id())
+    })
+    .await;
+    assert_eq!(host.close_peer(&outcast.node_id()), 1);
+    assert!(!sibling.is_connected(&outcast.node_id()));
+}

@@ -136,10 +136,17 @@ pub(crate) struct Forwarder {
     /// requests directly.
     direct_ports: std::sync::Mutex<Vec<u16>>,
     /// Direct dials per (ingress thread, host): when the last one started,
-    /// and whether it is still running.
-    direct_dials: std::sync::Mutex<HashMap<(usize, NodeId), (Instant, bool)>>,
+    /// whether it is still running, and the host's incarnation then.
+    direct_dials: std::sync::Mutex<HashMap<(usize, NodeId), DirectDial>>,
     /// This forwarder, for the tasks it starts.
     me: std::sync::Weak<Forwarder>,
+}
+
+/// The last direct dial from one ingress thread to one host.
+struct DirectDial {
+    started: Instant,
+    running: bool,
+    incarnation: u32,
 }
 
 thread_local! {
@@ -490,6 +497,15 @@ impl Forwarder {
         WORKER.with(|w| *w.borrow_mut() = Some((index, sibling)));
     }
 
+    /// Closes this ingress thread's own endpoint, while its runtime still
+    /// runs to tell the peers.
+    pub(crate) async fn stop_worker(&self) {
+        if let Some((_, local)) = WORKER.with(|w| w.borrow_mut().take()) {
+            local.close();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// A stream to `host` from this ingress thread's own endpoint, to one
     /// of the host's ingress threads, when that connection is up. When it
     /// is not, starts dialing it in the background (the host is asked where
@@ -503,25 +519,44 @@ impl Forwarder {
         head: Bytes,
     ) -> Result<(SendStream, RecvStream), String> {
         let (index, local) = worker;
+        let key = (*index, host.id);
         if local.is_connected(&host.id) {
-            return local
-                .open_stream_with(&host.id, CHANNEL_HTTP, head)
-                .await
-                .map_err(|e| e.to_string());
+            // A connection dialed before the host restarted leads nowhere:
+            // its ingress threads listen on new ports.
+            let current = self
+                .direct_dials
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .is_some_and(|d| d.incarnation == host.incarnation);
+            if current {
+                return local
+                    .open_stream_with(&host.id, CHANNEL_HTTP, head)
+                    .await
+                    .map_err(|e| e.to_string());
+            }
+            local.close_connections_here(&host.id);
         }
         if !self.endpoint.is_connected(&host.id) {
             return Err("the node's endpoint is not connected to the host".into());
         }
         {
             let mut dials = self.direct_dials.lock().unwrap_or_else(|p| p.into_inner());
-            let key = (*index, host.id);
-            if dials
-                .get(&key)
-                .is_some_and(|(started, running)| *running || started.elapsed() < DIRECT_RETRY)
-            {
+            if dials.get(&key).is_some_and(|d| {
+                d.incarnation == host.incarnation
+                    && (d.running || d.started.elapsed() < DIRECT_RETRY)
+            }) {
                 return Err("no direct connection yet".into());
             }
-            dials.insert(key, (Instant::now(), true));
+            dials.retain(|_, d| d.running || d.started.elapsed() < DIRECT_RETRY * 60);
+            dials.insert(
+                key,
+                DirectDial {
+                    started: Instant::now(),
+                    running: true,
+                    incarnation: host.incarnation,
+                },
+            );
         }
         let (Some(this), index, local, host) =
             (self.me.upgrade(), *index, local.clone(), host.clone())
@@ -530,11 +565,14 @@ impl Forwarder {
         };
         tokio::spawn(async move {
             let dialed = async {
+                // Thread i dials the host's thread i only: a node keeps at
+                // most two connections with a peer per endpoint, and more
+                // threads sharing one host thread would close each other's.
                 let ports = this.ask_direct(&host).await?;
                 let port = ports
-                    .get(index % ports.len().max(1))
+                    .get(index)
                     .copied()
-                    .ok_or("the host has no direct path")?;
+                    .ok_or("the host has fewer ingress threads than this thread's index")?;
                 let addr = SocketAddr::new(host.mesh_addr.ip(), port);
                 tokio::time::timeout(DIAL_TIMEOUT, local.connect(addr, Some(host.id)))
                     .await
@@ -552,7 +590,7 @@ impl Forwarder {
                 .unwrap_or_else(|p| p.into_inner())
                 .get_mut(&(index, host.id))
             {
-                dial.1 = false;
+                dial.running = false;
             }
         });
         Err("dialing the direct path".into())
@@ -577,11 +615,15 @@ impl Forwarder {
                     .collect(),
             )
         };
+        let bounded = async move {
+            tokio::time::timeout(DIAL_TIMEOUT, ask)
+                .await
+                .unwrap_or_else(|_| Err("the host did not say where to connect".into()))
+        };
         // The node's endpoint lives on the main runtime.
-        match tokio::time::timeout(DIAL_TIMEOUT, self.runtime.spawn(ask)).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the host did not say where to connect".into()),
+        match self.runtime.spawn(bounded).await {
+            Ok(reply) => reply,
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -911,6 +953,7 @@ mod tests {
             id: id(n),
             instances,
             mesh_addr: SocketAddr::from(([127, 0, 0, n], 7946)),
+            incarnation: 0,
             rtt: rtt_ms.map(Duration::from_millis),
             healthy,
         }

@@ -69,7 +69,11 @@ impl IngressThreads {
                             if let Some((_, forwarder)) = &routing.lattice {
                                 forwarder.start_worker(i);
                             }
+                            let lattice = routing.lattice.clone();
                             worker(i, rx, load, routing, shutdown, drain_timeout).await;
+                            if let Some((_, forwarder)) = lattice {
+                                forwarder.stop_worker().await;
+                            }
                         });
                     })?,
             );

@@ -83,6 +83,9 @@ pub(crate) struct Replication {
     pending: Pending,
     /// Deployments whose essence is being fetched.
     fetching: Mutex<std::collections::HashSet<String>>,
+    /// Held while a fetched deployment's route claims are settled and it
+    /// is deployed, so two arriving together are judged one after the other.
+    applying: tokio::sync::Mutex<()>,
 }
 
 fn encode_head(tag: u8, name: &str, hash: &str, offset: u64) -> Vec<u8> {
@@ -130,6 +133,7 @@ impl Replication {
             deployments,
             pending: Mutex::new(HashMap::new()),
             fetching: Mutex::new(std::collections::HashSet::new()),
+            applying: tokio::sync::Mutex::new(()),
         });
         let server = this.clone();
         tokio::spawn(async move {
@@ -142,9 +146,18 @@ impl Replication {
         Ok(this)
     }
 
-    /// Records a deploy accepted on this node.
+    /// Records a deploy accepted on this node, unless a deployment from the
+    /// lattice displaced it meanwhile.
     pub(crate) async fn published(&self, d: &Deployment) {
         let name = d.component.name().to_string();
+        if self
+            .deployments
+            .get(&name)
+            .is_none_or(|now| now.essence_hash != d.essence_hash)
+        {
+            tracing::warn!(component = %name, "not recorded in the lattice: another deployment took its route meanwhile");
+            return;
+        }
         let record = Record {
             name: name.clone(),
             essence_hash: d.essence_hash.clone(),
@@ -337,6 +350,7 @@ impl Replication {
             match fetched {
                 // The record may have changed or been removed meanwhile.
                 Some(bytes) if this.still_wanted(&name, &record.essence_hash).await => {
+                    let _applying = this.applying.lock().await;
                     if let Err(why) = this.make_room(&bytes, &record).await {
                         tracing::warn!(
                             component = %name,
@@ -382,10 +396,23 @@ impl Replication {
     async fn make_room(&self, essence: &[u8], record: &Record) -> Result<(), String> {
         let conflicts = self.deployments.route_conflicts(essence);
         for c in &conflicts {
-            // An owner without a record is being removed: it goes last.
-            let owner_at = lattice_record(&self.kv, &c.owner)
-                .await
-                .map_or(u64::MAX, |r| r.deployed_at);
+            let owner_at = match self.kv.get(DEPLOYMENTS_BUCKET, c.owner.as_bytes()).await {
+                Ok(Some(entry)) => match entry.value() {
+                    Some(v) => {
+                        serde_json::from_slice::<Record>(v)
+                            .map_err(|e| format!("`{}`'s record is unreadable: {e}", c.owner))?
+                            .deployed_at
+                    }
+                    // Deleted: it is being removed here too, and goes last.
+                    None => u64::MAX,
+                },
+                // Deployed here and not recorded yet: its own deploy time.
+                Ok(None) => self
+                    .deployments
+                    .get(&c.owner)
+                    .map_or(u64::MAX, |d| d.deployed_at),
+                Err(e) => return Err(format!("cannot read `{}`'s record: {e}", c.owner)),
+            };
             if (owner_at, c.owner.as_str()) < (record.deployed_at, record.name.as_str()) {
                 self.withdraw(&record.name, &record.essence_hash).await;
                 return Err(format!(

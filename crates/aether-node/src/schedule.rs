@@ -53,6 +53,8 @@ pub(crate) struct Host {
     pub rtt: Option<Duration>,
     /// Alive (not merely suspect).
     pub healthy: bool,
+    /// Its incarnation (raised when it restarts).
+    pub incarnation: u32,
 }
 
 impl Host {
@@ -64,6 +66,7 @@ impl Host {
             mesh_addr: m.mesh_addr,
             rtt: m.rtt,
             healthy: m.status == MemberStatus::Alive,
+            incarnation: m.incarnation,
         }
     }
 }
@@ -301,6 +304,7 @@ impl Schedule {
                         mesh_addr: addr,
                         rtt: None,
                         healthy: true,
+                        incarnation: 0,
                     })
                 })
                 .collect()

@@ -176,6 +176,8 @@ struct Inner {
     stream_handlers: Mutex<HashMap<u8, StreamHandler>>,
     /// Other endpoints of this node ([`Endpoint::bind_sibling`]).
     siblings: Mutex<Vec<Weak<Inner>>>,
+    /// For a sibling: the node's endpoint it was bound from.
+    parent: Option<Weak<Inner>>,
 }
 
 impl Drop for Inner {
@@ -240,13 +242,17 @@ impl Endpoint {
             admission,
             config,
             Arc::new(TransportMetrics::default()),
+            None,
         )
     }
 
     /// Binds another endpoint of this node on `addr`, run by the current
     /// tokio runtime: same identity, admission and settings, and the same
-    /// metrics. Closing a peer here ([`Endpoint::close_peer`],
-    /// [`Endpoint::revoke`]) closes it on the sibling too. A node gives each
+    /// metrics. A peer closed on any of them ([`Endpoint::close_peer`],
+    /// [`Endpoint::revoke`], a displaced invite) is closed on all, and
+    /// [`Endpoint::close`] on the node's endpoint closes the siblings. A
+    /// sibling carries request streams only: one-way messages sent to it
+    /// are dropped (the node's endpoint receives those). A node gives each
     /// of its threads one, so a thread carries its own QUIC traffic without
     /// waking another.
     pub fn bind_sibling(&self, addr: SocketAddr) -> Result<Self, TransportError> {
@@ -257,6 +263,7 @@ impl Endpoint {
             inner.admission.clone(),
             inner.config.clone(),
             inner.metrics.clone(),
+            Some(Arc::downgrade(inner)),
         )?;
         let mut siblings = inner.siblings.lock().unwrap_or_else(|p| p.into_inner());
         siblings.retain(|s| s.strong_count() > 0);
@@ -270,6 +277,7 @@ impl Endpoint {
         admission: Admission,
         config: Config,
         metrics: Arc<TransportMetrics>,
+        parent: Option<Weak<Inner>>,
     ) -> Result<Self, TransportError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(PeerVerifier::new(
@@ -326,11 +334,16 @@ impl Endpoint {
             incoming_rx: tokio::sync::Mutex::new(incoming_rx),
             stream_handlers: Mutex::new(HashMap::new()),
             siblings: Mutex::new(Vec::new()),
+            parent: parent.clone(),
         });
         let weak = Arc::downgrade(&inner);
         inner.verifier.on_displaced(move |node| {
             if let Some(inner) = weak.upgrade() {
-                inner.close_peer(&node, close_code::DISPLACED, b"invite used by another node");
+                inner.close_everywhere(
+                    &node,
+                    close_code::DISPLACED,
+                    b"invite used by another node",
+                );
             }
         });
         tokio::spawn(accept_loop(quinn, Arc::downgrade(&inner)));
@@ -381,8 +394,11 @@ impl Endpoint {
         displaced.dedup();
         for node in &displaced {
             tracing::warn!(%node, "a merged ledger gives this node's single-use invite to an earlier claim; closing its connections");
-            self.inner
-                .close_peer(node, close_code::DISPLACED, b"invite used by another node");
+            self.inner.close_everywhere(
+                node,
+                close_code::DISPLACED,
+                b"invite used by another node",
+            );
         }
         displaced
     }
@@ -618,19 +634,8 @@ impl Endpoint {
     /// Closes every connection with `node` (for example because it was
     /// revoked); returns how many were open.
     pub fn close_peer(&self, node: &NodeId) -> usize {
-        let siblings: Vec<Arc<Inner>> = self
-            .inner
-            .siblings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect();
-        siblings
-            .iter()
-            .map(|s| s.close_peer(node, close_code::CLOSED, b"closed"))
-            .sum::<usize>()
-            + self.inner.close_peer(node, close_code::CLOSED, b"closed")
+        self.inner
+            .close_everywhere(node, close_code::CLOSED, b"closed")
     }
 
     /// Adds a verified revocation to the shared set and, when the node was
@@ -659,11 +664,25 @@ impl Endpoint {
         cache.primary.keys().copied().collect()
     }
 
-    /// Closes every connection and stops accepting.
+    /// Closes every connection and stops accepting; the node's endpoint
+    /// closes its siblings too.
     pub fn close(&self) {
-        self.inner
-            .quinn
-            .close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        let all = if self.inner.parent.is_some() {
+            vec![self.inner.clone()]
+        } else {
+            self.inner.family()
+        };
+        for endpoint in all {
+            endpoint
+                .quinn
+                .close(VarInt::from_u32(close_code::SHUTDOWN), b"shutdown");
+        }
+    }
+
+    /// Closes the connections with `node` on this endpoint alone (not its
+    /// siblings), so the next use dials again; returns how many were open.
+    pub fn close_connections_here(&self, node: &NodeId) -> usize {
+        self.inner.close_peer(node, close_code::CLOSED, b"closed")
     }
 
     /// The cached connection to `node` (tests write raw streams on it).
@@ -674,6 +693,33 @@ impl Endpoint {
 }
 
 impl Inner {
+    /// The node's endpoint and its live siblings.
+    fn family(self: &Arc<Self>) -> Vec<Arc<Inner>> {
+        let root = self
+            .parent
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .unwrap_or_else(|| self.clone());
+        let mut all: Vec<Arc<Inner>> = root
+            .siblings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        all.push(root);
+        all
+    }
+
+    /// Closes every connection with `node` on the node's endpoint and all
+    /// its siblings; returns how many were open.
+    fn close_everywhere(self: &Arc<Self>, node: &NodeId, code: u32, reason: &[u8]) -> usize {
+        self.family()
+            .iter()
+            .map(|e| e.close_peer(node, code, reason))
+            .sum()
+    }
+
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1033,6 +1079,10 @@ async fn read_message(
     if revoked {
         tracing::warn!(peer = %node, "message from a revoked node dropped; closing its connections");
         inner.close_peer(&node, close_code::CLOSED, b"revoked");
+        return;
+    }
+    if inner.parent.is_some() {
+        // Siblings carry request streams only; nobody reads their messages.
         return;
     }
     let channel = frame[0];

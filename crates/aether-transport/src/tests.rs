@@ -881,4 +881,13 @@ async fn a_sibling_endpoint_shares_identity_and_admission_and_closes_with_its_no
     .await;
     assert_eq!(host.close_peer(&outcast.node_id()), 1);
     assert!(!sibling.is_connected(&outcast.node_id()));
+
+    // Closing the node's endpoint closes the sibling.
+    let late = node(&root);
+    host.close();
+    assert!(
+        bounded("connect", late.connect(addr(&sibling), None))
+            .await
+            .is_err()
+    );
 }

@@ -48,8 +48,8 @@ use crate::schedule::{Host, short};
 
 /// Mesh channel of forwarded HTTP requests.
 pub const CHANNEL_HTTP: u8 = 4;
-/// Mesh channel on which a node says where its ingress threads take
-/// forwarded requests directly (one address per line).
+/// Mesh channel on which a node says on which UDP ports of its mesh
+/// address its ingress threads take forwarded requests (one per line).
 pub const CHANNEL_DIRECT: u8 = 6;
 /// How long a host without a direct path is not asked again.
 const DIRECT_RETRY: Duration = Duration::from_secs(10);
@@ -135,11 +135,15 @@ pub(crate) struct Forwarder {
     /// The UDP ports where this node's ingress threads take forwarded
     /// requests directly.
     direct_ports: std::sync::Mutex<Vec<u16>>,
-    /// Direct dials per (ingress thread, host): when the last one started,
-    /// whether it is still running, and the host's incarnation then.
-    direct_dials: std::sync::Mutex<HashMap<(usize, NodeId), DirectDial>>,
-    /// This forwarder, for the tasks it starts.
-    me: std::sync::Weak<Forwarder>,
+}
+
+/// An ingress thread's own endpoint and its direct dials: state of that
+/// thread alone, so the request path shares no lock for it.
+struct Worker {
+    index: usize,
+    endpoint: Endpoint,
+    /// The last direct dial to each host.
+    dials: HashMap<NodeId, DirectDial>,
 }
 
 /// The last direct dial from one ingress thread to one host.
@@ -150,9 +154,8 @@ struct DirectDial {
 }
 
 thread_local! {
-    /// This ingress thread's own endpoint and index, when it has one.
-    static WORKER: std::cell::RefCell<Option<(usize, Endpoint)>> =
-        const { std::cell::RefCell::new(None) };
+    /// This ingress thread's own endpoint, when it has one.
+    static WORKER: std::cell::RefCell<Option<Worker>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Requests in flight from this node, per host.
@@ -437,6 +440,39 @@ where
     Ok(())
 }
 
+/// Asks node `id`, over the node's endpoint (run by `runtime`), on which
+/// UDP ports of its mesh address its ingress threads take forwarded
+/// requests.
+async fn ask_direct(
+    endpoint: Endpoint,
+    runtime: &tokio::runtime::Handle,
+    id: NodeId,
+) -> Result<Vec<u16>, String> {
+    let ask = async move {
+        let (mut send, mut recv) = endpoint
+            .open_stream(&id, CHANNEL_DIRECT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let reply = recv.read_to_end(4096).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            String::from_utf8_lossy(&reply)
+                .lines()
+                .filter_map(|l| l.parse().ok())
+                .collect(),
+        )
+    };
+    let bounded = async move {
+        tokio::time::timeout(DIAL_TIMEOUT, ask)
+            .await
+            .unwrap_or_else(|_| Err("the host did not say where to connect".into()))
+    };
+    match runtime.spawn(bounded).await {
+        Ok(reply) => reply,
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
@@ -446,8 +482,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 impl Forwarder {
     pub(crate) fn new(endpoint: Endpoint, runtime: tokio::runtime::Handle) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
-            me: me.clone(),
+        Arc::new(Self {
             endpoint,
             runtime,
             metrics: ForwardMetrics::default(),
@@ -455,7 +490,6 @@ impl Forwarder {
             turn: AtomicUsize::new(0),
             deployments: OnceLock::new(),
             direct_ports: std::sync::Mutex::new(Vec::new()),
-            direct_dials: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -494,81 +528,67 @@ impl Forwarder {
                 })
             }),
         );
-        WORKER.with(|w| *w.borrow_mut() = Some((index, sibling)));
+        WORKER.with(|w| {
+            *w.borrow_mut() = Some(Worker {
+                index,
+                endpoint: sibling,
+                dials: HashMap::new(),
+            });
+        });
     }
 
     /// Closes this ingress thread's own endpoint, while its runtime still
     /// runs to tell the peers.
     pub(crate) async fn stop_worker(&self) {
-        if let Some((_, local)) = WORKER.with(|w| w.borrow_mut().take()) {
-            local.close();
+        if let Some(worker) = WORKER.with(|w| w.borrow_mut().take()) {
+            worker.endpoint.close();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// A stream to `host` from this ingress thread's own endpoint, to one
-    /// of the host's ingress threads, when that connection is up. When it
-    /// is not, starts dialing it in the background (the host is asked where
-    /// its threads listen, over the node's endpoint) and says so: this
-    /// request takes the node's endpoint, later ones the direct path. A
-    /// failed dial is retried after [`DIRECT_RETRY`].
-    async fn open_direct(
-        &self,
-        worker: &(usize, Endpoint),
-        host: &Host,
-        head: Bytes,
-    ) -> Result<(SendStream, RecvStream), String> {
-        let (index, local) = worker;
-        let key = (*index, host.id);
+    /// This ingress thread's own endpoint, when its connection to one of
+    /// `host`'s ingress threads is up. When it is not, starts dialing it in
+    /// the background (the host is asked where its threads listen, over
+    /// the node's endpoint) and gives `None`: this request takes the node's
+    /// endpoint, later ones the direct path. A failed dial is retried after
+    /// [`DIRECT_RETRY`], and a connection dialed before the host restarted
+    /// is dialed again.
+    fn direct_endpoint(&self, worker: &mut Worker, host: &Host) -> Option<Endpoint> {
+        let local = &worker.endpoint;
+        let dial = worker.dials.get(&host.id);
+        let current = dial.is_some_and(|d| d.incarnation == host.incarnation);
         if local.is_connected(&host.id) {
-            // A connection dialed before the host restarted leads nowhere:
-            // its ingress threads listen on new ports.
-            let current = self
-                .direct_dials
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .is_some_and(|d| d.incarnation == host.incarnation);
             if current {
-                return local
-                    .open_stream_with(&host.id, CHANNEL_HTTP, head)
-                    .await
-                    .map_err(|e| e.to_string());
+                return Some(local.clone());
             }
+            // Its ingress threads listen on new ports now.
             local.close_connections_here(&host.id);
         }
-        if !self.endpoint.is_connected(&host.id) {
-            return Err("the node's endpoint is not connected to the host".into());
+        let waiting =
+            current && dial.is_some_and(|d| d.running || d.started.elapsed() < DIRECT_RETRY);
+        if waiting || !self.endpoint.is_connected(&host.id) {
+            return None;
         }
-        {
-            let mut dials = self.direct_dials.lock().unwrap_or_else(|p| p.into_inner());
-            if dials.get(&key).is_some_and(|d| {
-                d.incarnation == host.incarnation
-                    && (d.running || d.started.elapsed() < DIRECT_RETRY)
-            }) {
-                return Err("no direct connection yet".into());
-            }
-            dials.retain(|_, d| d.running || d.started.elapsed() < DIRECT_RETRY * 60);
-            dials.insert(
-                key,
-                DirectDial {
-                    started: Instant::now(),
-                    running: true,
-                    incarnation: host.incarnation,
-                },
-            );
-        }
-        let (Some(this), index, local, host) =
-            (self.me.upgrade(), *index, local.clone(), host.clone())
-        else {
-            return Err("stopping".into());
-        };
+        worker
+            .dials
+            .retain(|_, d| d.running || d.started.elapsed() < DIRECT_RETRY * 60);
+        worker.dials.insert(
+            host.id,
+            DirectDial {
+                started: Instant::now(),
+                running: true,
+                incarnation: host.incarnation,
+            },
+        );
+        let (node, runtime) = (self.endpoint.clone(), self.runtime.clone());
+        let (index, local, host) = (worker.index, worker.endpoint.clone(), host.clone());
+        // On this thread's runtime, like the endpoint it dials from.
         tokio::spawn(async move {
             let dialed = async {
                 // Thread i dials the host's thread i only: a node keeps at
                 // most two connections with a peer per endpoint, and more
                 // threads sharing one host thread would close each other's.
-                let ports = this.ask_direct(&host).await?;
+                let ports = ask_direct(node, &runtime, host.id).await?;
                 let port = ports
                     .get(index)
                     .copied()
@@ -584,60 +604,38 @@ impl Forwarder {
             if let Err(e) = &dialed {
                 tracing::debug!(host = %short(&host.id), "no direct path: {e}");
             }
-            if let Some(dial) = this
-                .direct_dials
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get_mut(&(index, host.id))
-            {
-                dial.running = false;
-            }
+            WORKER.with(|w| {
+                if let Some(dial) = w
+                    .borrow_mut()
+                    .as_mut()
+                    .and_then(|w| w.dials.get_mut(&host.id))
+                {
+                    dial.running = false;
+                }
+            });
         });
-        Err("dialing the direct path".into())
-    }
-
-    /// Asks `host`, over the node's endpoint, on which UDP ports (of its
-    /// mesh address) its ingress threads take forwarded requests.
-    async fn ask_direct(&self, host: &Host) -> Result<Vec<u16>, String> {
-        let endpoint = self.endpoint.clone();
-        let id = host.id;
-        let ask = async move {
-            let (mut send, mut recv) = endpoint
-                .open_stream(&id, CHANNEL_DIRECT)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = send.finish();
-            let reply = recv.read_to_end(4096).await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(
-                String::from_utf8_lossy(&reply)
-                    .lines()
-                    .filter_map(|l| l.parse().ok())
-                    .collect(),
-            )
-        };
-        let bounded = async move {
-            tokio::time::timeout(DIAL_TIMEOUT, ask)
-                .await
-                .unwrap_or_else(|_| Err("the host did not say where to connect".into()))
-        };
-        // The node's endpoint lives on the main runtime.
-        match self.runtime.spawn(bounded).await {
-            Ok(reply) => reply,
-            Err(e) => Err(e.to_string()),
-        }
+        None
     }
 
     /// A stream to `host` that starts with `head`, dialing the host first
     /// when no connection is cached.
     async fn open(&self, host: &Host, head: Bytes) -> Result<(SendStream, RecvStream), String> {
-        if let Some(worker) = WORKER.with(|w| w.borrow().clone()) {
-            match self.open_direct(&worker, host, head.clone()).await {
+        let direct = WORKER.with(|w| {
+            w.borrow_mut()
+                .as_mut()
+                .and_then(|worker| self.direct_endpoint(worker, host))
+        });
+        if let Some(local) = direct {
+            match local
+                .open_stream_with(&host.id, CHANNEL_HTTP, head.clone())
+                .await
+            {
                 Ok(stream) => {
                     self.metrics.direct.inc();
                     return Ok(stream);
                 }
                 Err(e) => {
-                    tracing::trace!(host = %short(&host.id), "through the node's endpoint: {e}");
+                    tracing::debug!(host = %short(&host.id), "through the node's endpoint: {e}");
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aether_identity::{
     AdmissionLedger, Invite, InviteConstraints, InviteToken, Labels, LatticeId, NodeCertificate,
-    Revocation, SecretKey,
+    NodeId, Revocation, SecretKey, VerifiedRevocation,
 };
 
 use crate::{
@@ -62,6 +62,14 @@ fn certify(token: &InviteToken, at: u64) -> (SecretKey, NodeCertificate) {
 fn admit(root: &SecretKey) -> (SecretKey, NodeCertificate) {
     let t = now();
     certify(&invite(root, false, t, t + 3600), t)
+}
+
+/// `root`'s verified revocation of `node`.
+fn revoke_by(root: &SecretKey, node: &NodeId, reason: &str) -> VerifiedRevocation {
+    Revocation::issue(root, node, reason, now())
+        .expect("revocation")
+        .verify(&root.public())
+        .expect("verified")
 }
 
 fn identity(root: &SecretKey) -> NodeIdentity {
@@ -232,10 +240,7 @@ async fn revoked_node_is_refused_and_its_connection_closed() {
     let outcast = node(&root);
 
     // A node revoked before it dials is refused in the handshake.
-    let revocation = Revocation::issue(&root, &outcast.node_id(), "decommissioned", now())
-        .expect("revocation")
-        .verify(&root.public())
-        .expect("verified");
+    let revocation = revoke_by(&root, &outcast.node_id(), "decommissioned");
     member
         .revocations()
         .write()
@@ -255,10 +260,7 @@ async fn revoked_node_is_refused_and_its_connection_closed() {
         .expect("send");
     assert_eq!(recv(&member).await.from, peer.node_id());
     let conn = peer.connection(&member.node_id()).expect("cached");
-    let revocation = Revocation::issue(&root, &peer.node_id(), "compromised", now())
-        .expect("revocation")
-        .verify(&root.public())
-        .expect("verified");
+    let revocation = revoke_by(&root, &peer.node_id(), "compromised");
     assert!(member.revoke(revocation));
     assert!(!member.is_connected(&peer.node_id()));
     assert_eq!(member.metrics().connections_closed(), 1);
@@ -852,10 +854,7 @@ async fn a_sibling_endpoint_shares_identity_and_admission_and_closes_with_its_no
 
     // Revoking on the node closes the sibling's connection too, and the
     // sibling refuses the revoked node from then on.
-    let revocation = Revocation::issue(&root, &peer.node_id(), "compromised", now())
-        .expect("revocation")
-        .verify(&root.public())
-        .expect("verified");
+    let revocation = revoke_by(&root, &peer.node_id(), "compromised");
     assert!(host.revoke(revocation));
     assert!(!sibling.is_connected(&peer.node_id()));
     eventually("peer drops the closed connection", || {

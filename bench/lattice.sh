@@ -25,6 +25,7 @@ set -euo pipefail
 export LC_ALL=C
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+"$ROOT/scripts/toolchain.sh"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${ROUNDS:-3}"
 WORKERS="${BENCH_WORKERS:-2}"   # ingress threads per node, as aether-d defaults on this machine

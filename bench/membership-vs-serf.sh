@@ -56,6 +56,7 @@ export LC_ALL=C   # '.' as the decimal point in $EPOCHREALTIME and printf
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+"$ROOT/scripts/toolchain.sh"
 
 ROUNDS="${ROUNDS:-5}"
 SYSTEMS="${SYSTEMS:-serf aether}"

@@ -33,6 +33,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+"$ROOT/scripts/toolchain.sh"
 
 DURATION="${BENCH_DURATION:-10s}"
 WARMUP="2s"

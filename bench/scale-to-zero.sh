@@ -7,6 +7,7 @@ set -euo pipefail
 export LC_ALL=C
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+"$ROOT/scripts/toolchain.sh"
 ROUNDS="${ROUNDS:-20}"
 [ "${SKIP_BUILD:-0}" = 1 ] || cargo build --release -p aether-d -p alkahest >&2
 [ -f target/fixtures/hello.wasm ] || ./scripts/build-fixtures.sh >&2

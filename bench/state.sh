@@ -5,6 +5,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+"$ROOT/scripts/toolchain.sh"
 cargo build --release -p aether-d --bin aether-d --example state_visibility
 echo "== apply rate"
 cargo run --release -p aether-kv --example apply_bench -- "${UPDATES:-100000}"

@@ -39,8 +39,7 @@ command -v python3 >/dev/null || die "python3 not found"
 
 # --- toolchain ------------------------------------------------------------------------
 # Run from the repository root, so this applies to the toolchain pinned in rust-toolchain.toml.
-log "ensuring the $TARGET target"
-rustup target add "$TARGET" >/dev/null
+"$ROOT/scripts/toolchain.sh"
 
 # --- componentize-py ------------------------------------------------------------------
 cpy="$VENV/bin/componentize-py"

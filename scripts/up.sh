@@ -10,7 +10,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-rustup target add wasm32-wasip2 >/dev/null 2>&1 || true
+./scripts/toolchain.sh
+echo "[up] building alkahest and aether-d (the first build takes about 15 minutes on 2 cores)" >&2
 cargo build -p alkahest -p aether-d
 case " $* " in
   *" --nodes"*) ;;

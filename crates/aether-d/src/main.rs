@@ -88,9 +88,19 @@ struct Args {
     /// Region this node is in (must match the invite's, when it sets one).
     #[arg(long)]
     region: Option<String>,
-    /// Label `key=value` for this node. Repeatable.
+    /// Label `key=value` for this node. Repeatable. Every node also carries
+    /// the built-in labels arch, os, cores and memory (e.g. arch=aarch64),
+    /// which intents can select and `--label` cannot set.
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Memory this node advertises to placement (e.g. 256MiB), when less than
+    /// the machine (or its cgroup) has: a small device offers only part of
+    /// itself. Default: all of it.
+    #[arg(long, value_name = "SIZE")]
+    max_memory: Option<aether_manifest::ByteSize>,
+    /// Cores this node advertises, when fewer than it may use. Default: all.
+    #[arg(long, value_name = "N")]
+    max_cores: Option<u32>,
     /// Serve alone: no mesh, even when the node could be admitted.
     #[arg(long, conflicts_with_all = ["join", "invite", "invite_file"])]
     no_mesh: bool,
@@ -115,6 +125,37 @@ fn parse_join(text: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--join {text}: not an address"))?
         .next()
         .with_context(|| format!("--join {text}: the name resolves to no address"))
+}
+
+/// The machine's capacity, lowered to `--max-memory` and `--max-cores`.
+fn advertised_capacity(
+    machine: aether_membership::Capacity,
+    args: &Args,
+) -> anyhow::Result<aether_membership::Capacity> {
+    let mut capacity = machine.clone();
+    if let Some(max) = args.max_memory {
+        if max.0 == 0 {
+            anyhow::bail!("--max-memory must be more than 0");
+        }
+        if machine.memory_bytes > 0 && max.0 > machine.memory_bytes {
+            anyhow::bail!(
+                "--max-memory {max} is more than this machine offers ({} MiB); a node may \
+                 advertise less than it has, never more",
+                machine.memory_bytes >> 20
+            );
+        }
+        capacity.memory_bytes = max.0;
+    }
+    if let Some(max) = args.max_cores {
+        if max == 0 || max > machine.cores {
+            anyhow::bail!(
+                "--max-cores {max}: must be between 1 and this machine's {} cores",
+                machine.cores
+            );
+        }
+        capacity.cores = max;
+    }
+    Ok(capacity)
 }
 
 fn read_invite(args: &Args) -> anyhow::Result<Option<aether_identity::InviteToken>> {
@@ -222,6 +263,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(SocketAddr::new(args.bind, args.mesh_port));
         let mut mesh = aether_mesh::MeshConfig::new(args.data_dir.clone(), listen);
         mesh.advertise = args.advertise;
+        mesh.capacity = advertised_capacity(mesh.capacity, &args)?;
         for text in &args.join {
             let addr = parse_join(text)?;
             mesh.join.push(addr);

@@ -41,6 +41,9 @@
 //! memory = "128MiB"
 //! # Node labels a host must carry. Default: none, any node.
 //! labels = { tier = "edge" }
+//! # CPU architectures a host must run on: one name or a list ("x86_64", "aarch64",
+//! # "riscv64", "s390x"). Default: none, any (the component is compiled on each node).
+//! arch = "aarch64"
 //! # Spread replicas over regions rather than pack them near users. Default: false, since
 //! # packing keeps latency low; enable it to survive the loss of a region.
 //! spread = true

@@ -284,6 +284,18 @@ pub struct Intent {
     #[schemars(extend("propertyNames" = { "pattern": rules::LABEL_KEY_PATTERN }))]
     pub labels: BTreeMap<String, String>,
 
+    /// CPU architectures a node must run on to host a replica, as Rust names them (`"aarch64"`,
+    /// `"x86_64"`, `"riscv64"`, …): one name or a list. Every node advertises its own as the
+    /// built-in label `arch`. Default: none, any architecture: the component is portable
+    /// WebAssembly, compiled on each node for that node; ask for one only when the component
+    /// must run on that hardware.
+    #[serde(
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    #[schemars(with = "Arch")]
+    pub arch: Vec<String>,
+
     /// Spread replicas across as many regions as possible instead of packing them onto the best
     /// nodes. Default: false, because packing near users keeps latency low; turn it on for
     /// availability when a whole region may fail.
@@ -303,9 +315,54 @@ impl Default for Intent {
             latency: None,
             memory: None,
             labels: BTreeMap::new(),
+            arch: Vec::new(),
             spread: false,
             idle_timeout: None,
         }
+    }
+}
+
+// Schema only: the two ways to write `arch`.
+/// A CPU architecture, or a list of them (any one will do).
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum Arch {
+    /// One architecture, e.g. `"aarch64"`.
+    One(ArchName),
+    /// Any of these architectures.
+    Many(#[schemars(extend("uniqueItems" = true))] Vec<ArchName>),
+}
+
+// Schema only: the architectures of `rules::KNOWN_ARCHES`.
+/// An architecture a node can run on, as Rust names it.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+enum ArchName {
+    #[serde(rename = "aarch64")]
+    Aarch64,
+    #[serde(rename = "riscv64")]
+    Riscv64,
+    #[serde(rename = "s390x")]
+    S390x,
+    #[serde(rename = "x86_64")]
+    X86_64,
+}
+
+/// Reads a string or a list of strings into a list.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(de::Error::custom(
+            "expected an architecture name or a list of them, e.g. \"aarch64\" or [\"x86_64\", \"aarch64\"]",
+        )),
     }
 }
 

@@ -177,6 +177,41 @@ pub(crate) fn check_config_key(s: &str) -> Check {
     Ok(())
 }
 
+/// The architectures a node can run on (those wasmtime's compiler supports), as nodes
+/// advertise them in their built-in `arch` label (Rust's `std::env::consts::ARCH`). The JSON
+/// Schema lists the same names (`model::ArchName`).
+pub(crate) const KNOWN_ARCHES: [&str; 4] = ["aarch64", "riscv64", "s390x", "x86_64"];
+
+/// Checks an architecture name against [`KNOWN_ARCHES`], suggesting the name for a common alias.
+pub(crate) fn check_arch(s: &str) -> Check {
+    let rule = format!(
+        "architectures are named as Rust names them: {}",
+        KNOWN_ARCHES.map(|a| format!("\"{a}\"")).join(", ")
+    );
+    if KNOWN_ARCHES.contains(&s) {
+        return Ok(());
+    }
+    let alias = match s.to_ascii_lowercase().as_str() {
+        "arm64" | "armv8" | "aarch_64" => Some("aarch64"),
+        "amd64" | "x64" | "x86-64" | "intel64" => Some("x86_64"),
+        "riscv" | "riscv64gc" => Some("riscv64"),
+        other if KNOWN_ARCHES.contains(&other) => {
+            KNOWN_ARCHES.iter().copied().find(|a| *a == other)
+        }
+        _ => None,
+    };
+    match alias {
+        Some(a) => Err(Problem::new(
+            format!("architecture `{s}` is not known by that name; did you mean \"{a}\"?"),
+            rule,
+        )),
+        None => Err(Problem::new(
+            format!("architecture `{s}` is not one a node can run on"),
+            rule,
+        )),
+    }
+}
+
 /// Checks a region name against [`REGION_PATTERN`].
 pub(crate) fn check_region(s: &str) -> Check {
     const RULE: &str =

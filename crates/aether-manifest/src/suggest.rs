@@ -27,6 +27,7 @@ pub(crate) const SECTIONS: &[(&str, &[&str])] = &[
             "latency",
             "memory",
             "labels",
+            "arch",
             "spread",
             "idle_timeout",
         ],

@@ -373,6 +373,20 @@ pub(crate) fn validate(m: &Manifest) -> Vec<Violation> {
         m.intent.regions.iter().map(String::as_str),
         "region",
     );
+    let arch = intent.clone().key("arch");
+    for (i, a) in m.intent.arch.iter().enumerate() {
+        c.problem(
+            arch.clone().index(i),
+            Target::Value,
+            "unknown architecture",
+            rules::check_arch(a),
+        );
+    }
+    c.unique(
+        &arch,
+        m.intent.arch.iter().map(String::as_str),
+        "architecture",
+    );
     if let Some(l) = &m.intent.latency {
         let at = intent.clone().key("latency");
         if l.from.is_empty() {

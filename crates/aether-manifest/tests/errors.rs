@@ -495,3 +495,35 @@ fn columns_count_characters_not_bytes() {
         &["unknown unit `é`"],
     );
 }
+
+#[test]
+fn architectures_are_named_as_nodes_name_them() {
+    expect(
+        &format!("{HEAD}[intent]\narch = \"arm64\"\n"),
+        4,
+        8,
+        &[
+            "architecture `arm64`",
+            "did you mean \"aarch64\"?",
+            "\"x86_64\"",
+        ],
+    );
+    expect(
+        &format!("{HEAD}[intent]\narch = [\"x86_64\", \"sparc\"]\n"),
+        4,
+        19,
+        &["architecture `sparc` is not one a node can run on"],
+    );
+    expect(
+        &format!("{HEAD}[intent]\narch = 64\n"),
+        4,
+        8,
+        &["expected an architecture name or a list of them"],
+    );
+    let one = aether_manifest::parse(
+        &format!("{HEAD}[intent]\narch = \"aarch64\"\n"),
+        "Aetherfile",
+    )
+    .expect("one architecture parses");
+    assert_eq!(one.intent.arch, ["aarch64"]);
+}

@@ -62,6 +62,7 @@ fn defaults_are_documented_values() {
     assert!(m.http.routes.is_empty());
     assert_eq!(m.intent.replicas, Replicas::Fixed(1));
     assert!(!m.intent.spread);
+    assert!(m.intent.arch.is_empty());
     assert_eq!(m.limits.memory, ByteSize(64 * 1024 * 1024));
     assert_eq!(
         m.limits.timeout,
@@ -113,6 +114,7 @@ fn full_example_sets_every_field() {
             }),
             memory: Some(ByteSize::mib(128)),
             labels: map(&[("tier", "edge"), ("example.com/gpu", "none")]),
+            arch: strings(&["x86_64", "aarch64"]),
             spread: true,
             idle_timeout: Some(Duration::from_secs(300)),
         },

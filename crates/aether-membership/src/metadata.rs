@@ -10,8 +10,9 @@ use crate::wire::{self, DecodeError};
 
 /// Upper bound of a node's encoded [`Metadata`] in bytes.
 pub const MAX_METADATA_BYTES: usize = 1024;
-/// Most labels a node may carry.
-pub const MAX_LABELS: usize = 16;
+/// Most labels a node may carry: the 16 of its certificate and the built-in ones the daemon adds
+/// (architecture, OS, cores, memory), with room to spare.
+pub const MAX_LABELS: usize = 24;
 /// Longest label key, region or version string, in bytes.
 pub const MAX_SHORT_STR: usize = 64;
 /// Longest label value, in bytes.
@@ -320,10 +321,12 @@ mod tests {
     #[test]
     fn bounds_have_clear_errors() {
         let mut md = sample();
-        md.labels = (0..17).map(|i| (format!("k{i}"), "v".into())).collect();
+        md.labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), "v".into()))
+            .collect();
         assert!(matches!(
             md.validate(),
-            Err(MetadataError::TooManyLabels { count: 17, .. })
+            Err(MetadataError::TooManyLabels { count, .. }) if count == MAX_LABELS + 1
         ));
         md.labels = (0..16)
             .map(|i| (format!("k{i}"), "v".repeat(100)))

@@ -127,6 +127,13 @@ pub fn prepare(
         .transpose()?;
     let mut labels = Labels::new();
     for pair in request.labels {
+        let key = pair.split_once('=').map_or(pair.as_str(), |(k, _)| k);
+        if crate::BUILTIN_LABELS.contains(&key) {
+            return Err(MeshError::Admission(format!(
+                "--label {pair}: `{key}` is a built-in label, set from this machine (built-in: {})",
+                crate::BUILTIN_LABELS.join(", ")
+            )));
+        }
         labels
             .insert_pair(pair)
             .map_err(|e| MeshError::Admission(format!("--label {pair}: {e}")))?;

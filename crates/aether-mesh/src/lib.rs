@@ -98,6 +98,10 @@ pub struct MeshConfig {
     /// Largest number of membership messages being sent at once; more are
     /// dropped (and counted), as a datagram would be. Default 512.
     pub max_sends_in_flight: usize,
+    /// Cores and memory this node advertises (placement weighs members by
+    /// memory). Default: what the machine has ([`local_capacity`]); a small
+    /// device may advertise less.
+    pub capacity: Capacity,
 }
 
 impl MeshConfig {
@@ -121,6 +125,7 @@ impl MeshConfig {
             sync_interval: Duration::from_secs(5),
             join_retry: Duration::from_secs(2),
             max_sends_in_flight: 512,
+            capacity: local_capacity(),
         }
     }
 }
@@ -230,19 +235,27 @@ impl Mesh {
         let local_addr = endpoint.local_addr()?;
         let advertise = config.advertise.unwrap_or(local_addr);
         let incarnation = admission::next_incarnation(&config.data_dir)?;
+        let mut labels: Vec<(String, String)> = Vec::new();
+        for (k, v) in admission.admitted.labels().iter() {
+            if BUILTIN_LABELS.contains(&k) {
+                tracing::warn!(
+                    label = %k,
+                    "the node certificate carries label {k}={v}, a built-in label; advertising \
+                     this machine's value instead"
+                );
+                continue;
+            }
+            labels.push((k.to_string(), v.to_string()));
+        }
+        labels.extend(builtin_labels(&config.capacity));
         let metadata = Metadata {
             region: admission
                 .admitted
                 .region()
                 .map(|r| r.as_str().to_string())
                 .unwrap_or_default(),
-            labels: admission
-                .admitted
-                .labels()
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            capacity: local_capacity(),
+            labels,
+            capacity: config.capacity.clone(),
             load: Load::default(),
             http_addr: config.http_addr,
             version: config.version.clone(),
@@ -397,10 +410,33 @@ impl MeshHandle {
     }
 }
 
-/// This machine's cores and memory.
-fn local_capacity() -> Capacity {
+/// Keys of the labels every node advertises about itself; `--label` may not set them.
+///
+/// - `arch`: the CPU architecture the node runs on, as Rust names it (`x86_64`, `aarch64`, …);
+/// - `os`: the operating system (`linux`, `macos`, …);
+/// - `cores`: the cores it advertises, a decimal number;
+/// - `memory`: the memory it advertises, in whole MiB (`512MiB`).
+pub const BUILTIN_LABELS: [&str; 4] = ["arch", "os", "cores", "memory"];
+
+/// The built-in labels ([`BUILTIN_LABELS`]) of a node running this binary and advertising
+/// `capacity`.
+pub fn builtin_labels(capacity: &Capacity) -> [(String, String); 4] {
+    [
+        ("arch".into(), std::env::consts::ARCH.into()),
+        ("os".into(), std::env::consts::OS.into()),
+        ("cores".into(), capacity.cores.to_string()),
+        (
+            "memory".into(),
+            format!("{}MiB", capacity.memory_bytes >> 20),
+        ),
+    ]
+}
+
+/// This machine's cores (those this process may run on) and memory (`MemTotal`, and the
+/// cgroup's `memory.max` when that is lower).
+pub fn local_capacity() -> Capacity {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+    let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|text| {
             text.lines()
@@ -409,10 +445,24 @@ fn local_capacity() -> Capacity {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024);
+    let memory_bytes = match cgroup_memory_limit() {
+        Some(limit) if total == 0 || limit < total => limit,
+        _ => total,
+    };
     Capacity {
         cores,
         memory_bytes,
     }
+}
+
+/// The `memory.max` of this process's cgroup (v2), when it sets one.
+fn cgroup_memory_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .iter()
+        .find_map(|root| std::fs::read_to_string(format!("{root}{path}/memory.max")).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 /// Converts a node key into the membership core's id.

@@ -117,8 +117,8 @@ pub(crate) struct GroupMember {
     pub slot: u32,
 }
 
-/// The members that satisfy a deployment's regions and labels (alive, offering memory), shared
-/// by every deployment with the same regions and labels.
+/// The members that satisfy a deployment's regions, labels and architectures (alive, offering
+/// memory), shared by every deployment with the same ones.
 pub(crate) struct Group {
     /// The members, by ascending index.
     pub members: Vec<GroupMember>,
@@ -127,9 +127,10 @@ pub(crate) struct Group {
 }
 
 impl Group {
-    /// The group of `key`: regions restricted or not, the allowed region indices, the labels.
+    /// The group of `key`: regions restricted or not, the allowed region indices, the labels,
+    /// the allowed architectures (empty: any).
     fn new(view: &View<'_>, key: &GroupKey<'_>) -> Self {
-        let (restricted, regions, labels) = key;
+        let (restricted, regions, labels, arch) = key;
         let mut allowed = vec![!restricted; view.region_names.len()];
         for &r in regions {
             allowed[r as usize] = true;
@@ -139,10 +140,15 @@ impl Group {
             .iter()
             .map(|&i| i as usize)
             .filter(|&i| {
+                let member_labels = &view.members[i].labels;
                 allowed[view.region[i] as usize]
-                    && labels.iter().all(|(k, v)| {
-                        view.members[i].labels.get(*k).map(String::as_str) == Some(*v)
-                    })
+                    && labels
+                        .iter()
+                        .all(|(k, v)| member_labels.get(*k).map(String::as_str) == Some(*v))
+                    && (arch.is_empty()
+                        || member_labels
+                            .get(crate::ARCH_LABEL)
+                            .is_some_and(|a| arch.contains(&a.as_str())))
             })
             .collect();
         let mut group_regions: Vec<u32> = indices.iter().map(|&i| view.region[i]).collect();
@@ -499,8 +505,8 @@ impl Scratch {
 }
 
 /// Signature of a deployment's eligibility: whether its regions are restricted, the indices
-/// of its regions that some member is in (sorted), and its labels.
-type GroupKey<'a> = (bool, Vec<u32>, Vec<(&'a str, &'a str)>);
+/// of its regions that some member is in (sorted), its labels, and its architectures (sorted).
+type GroupKey<'a> = (bool, Vec<u32>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
 
 /// [`place`](crate::place), with the choice of exhaustive ranking (the reference the top-k
 /// shortcut must match).
@@ -544,8 +550,11 @@ pub(crate) fn place(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
+        let mut arch: Vec<&str> = d.intent.arch.iter().map(String::as_str).collect();
+        arch.sort_unstable();
+        arch.dedup();
         let group = groups
-            .entry((!d.intent.regions.is_empty(), regions, labels))
+            .entry((!d.intent.regions.is_empty(), regions, labels, arch))
             .or_insert_with_key(|key| Group::new(&view, key));
 
         let latency = match &d.intent.latency {
@@ -642,7 +651,7 @@ mod tests {
     fn top_k_buckets_are_prefixes_of_the_full_ranking() {
         let ms = members(300);
         let view = View::new(&ms).unwrap();
-        let group = Group::new(&view, &(false, vec![], vec![]));
+        let group = Group::new(&view, &(false, vec![], vec![], vec![]));
         let rtt: Vec<f64> = (0..ms.len()).map(|i| (i % 7) as f64 * 0.01).collect();
         let latency = Latency {
             rtt: &rtt,

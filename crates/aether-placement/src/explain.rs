@@ -48,6 +48,13 @@ pub enum Eligibility {
         /// The member's value, if it has the key.
         found: Option<String>,
     },
+    /// It runs on an architecture the intent does not list.
+    Arch {
+        /// The architectures the intent allows.
+        wanted: Vec<String>,
+        /// The member's architecture, if it advertises one.
+        found: Option<String>,
+    },
     /// It offers no memory to placement.
     NoMemory,
     /// Its allocatable memory is below one replica's.
@@ -75,6 +82,22 @@ impl std::fmt::Display for Eligibility {
                 wanted,
                 found: None,
             } => write!(f, "no label {key} (intent wants {key}={wanted})"),
+            Eligibility::Arch {
+                wanted,
+                found: Some(found),
+            } => write!(
+                f,
+                "runs on {found}, intent wants arch {}",
+                wanted.join(" or ")
+            ),
+            Eligibility::Arch {
+                wanted,
+                found: None,
+            } => write!(
+                f,
+                "advertises no architecture (intent wants arch {})",
+                wanted.join(" or ")
+            ),
             Eligibility::NoMemory => f.write_str("offers no memory"),
             Eligibility::TooSmall {
                 allocatable,
@@ -107,6 +130,13 @@ fn eligibility(d: &Deployment, m: &Member, allocatable: u64) -> Eligibility {
                 found: found.cloned(),
             };
         }
+    }
+    let arch = m.labels.get(crate::ARCH_LABEL);
+    if !d.intent.arch.is_empty() && !arch.is_some_and(|a| d.intent.arch.contains(a)) {
+        return Eligibility::Arch {
+            wanted: d.intent.arch.clone(),
+            found: arch.cloned(),
+        };
     }
     if allocatable == 0 {
         return Eligibility::NoMemory;

@@ -28,7 +28,8 @@
 //! # Constraints, in the order they are applied
 //!
 //! 1. **Eligibility**: alive, offering memory, in one of `intent.regions` (empty: any region),
-//!    carrying every `intent.labels` key with that value.
+//!    carrying every `intent.labels` key with that value, and running on one of `intent.arch`
+//!    (empty: any; matched against the member's built-in [`ARCH_LABEL`] label).
 //! 2. **Memory**: deployments are placed in **name order**, and each replica takes
 //!    [`Deployment::memory_per_replica`] from its member's allocatable memory; a member without
 //!    room for one more replica is skipped. (So when memory is short, the deployment whose name
@@ -87,6 +88,10 @@ mod view;
 
 pub use autoscale::{Observed, ScaleMemory, ScalePolicy, autoscale};
 pub use explain::{Candidate, Eligibility, explain};
+
+/// The member label that names its CPU architecture (a built-in label every node sets), which
+/// `intent.arch` is matched against.
+pub const ARCH_LABEL: &str = "arch";
 
 /// A member's id: its ed25519 public key, as membership names it.
 pub type MemberId = [u8; 32];
@@ -162,6 +167,9 @@ pub enum Constraint {
     Regions,
     /// No alive member in the allowed regions carries the labels.
     Labels,
+    /// No alive member in the allowed regions with the labels runs on one of the intent's
+    /// architectures.
+    Arch,
     /// Eligible members lack the memory for all the replicas.
     Memory,
     /// No replica could go within the latency target, or it could not be judged.
@@ -174,6 +182,7 @@ impl fmt::Display for Constraint {
             Constraint::Replicas => "replicas",
             Constraint::Regions => "regions",
             Constraint::Labels => "labels",
+            Constraint::Arch => "arch",
             Constraint::Memory => "memory",
             Constraint::Latency => "latency",
         })

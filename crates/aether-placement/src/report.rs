@@ -53,6 +53,9 @@ fn scope(d: &Deployment) -> String {
             .collect();
         let _ = write!(s, " with labels {{{}}}", labels.join(", "));
     }
+    if !d.intent.arch.is_empty() {
+        let _ = write!(s, " on arch {}", d.intent.arch.join(" or "));
+    }
     s
 }
 
@@ -113,7 +116,8 @@ pub(crate) fn shortage(
                 .iter()
                 .all(|(k, v)| labels.get(k) == Some(v))
         });
-        if labelled.count() == 0 {
+        let labelled: Vec<usize> = labelled.copied().collect();
+        if labelled.is_empty() {
             let per_label: Vec<String> = d
                 .intent
                 .labels
@@ -141,6 +145,37 @@ pub(crate) fn shortage(
                     per_label.join(", ")
                 ),
             );
+        }
+        if !d.intent.arch.is_empty() {
+            let on_arch = labelled.iter().filter(|&&i| {
+                view.members[i]
+                    .labels
+                    .get(crate::ARCH_LABEL)
+                    .is_some_and(|a| d.intent.arch.contains(a))
+            });
+            if on_arch.count() == 0 {
+                let mut present: Vec<&str> = labelled
+                    .iter()
+                    .map(|&i| {
+                        view.members[i]
+                            .labels
+                            .get(crate::ARCH_LABEL)
+                            .map_or("unknown", String::as_str)
+                    })
+                    .collect();
+                present.sort_unstable();
+                present.dedup();
+                return unsatisfied(
+                    d,
+                    Constraint::Arch,
+                    format!(
+                        "wanted {n} on arch {}, the {} alive members that qualify otherwise run on {}",
+                        d.intent.arch.join(" or "),
+                        labelled.len(),
+                        list(&present)
+                    ),
+                );
+            }
         }
         return unsatisfied(
             d,

@@ -273,3 +273,69 @@ memory = "32MiB"
     let d = Deployment::from_manifest(&manifest, [1; 32], 2);
     assert_eq!((d.memory_per_replica, d.desired), (32 * MIB, 2));
 }
+
+#[test]
+fn arch_selects_members_by_their_built_in_label() {
+    let mut members = nine_members();
+    for (i, m) in members.iter_mut().enumerate() {
+        let arch = if i % 4 == 2 { "aarch64" } else { "x86_64" };
+        m.labels
+            .insert(aether_placement::ARCH_LABEL.into(), arch.into());
+    }
+    members.push(member(9, "eu-west", 4 * GIB)); // advertises no architecture
+    let mut arm = deployment("arm", 3);
+    arm.intent.arch = vec!["aarch64".into()];
+    let any = deployment("any", 9);
+    let p = place(&[arm.clone(), any], &members).unwrap();
+    let hosts: Vec<aether_placement::MemberId> =
+        p.assignments["arm"].iter().map(|(id, _)| *id).collect();
+    assert_eq!(hosts.len(), 2, "only members 2 and 6 run on aarch64");
+    assert!(hosts.contains(&id(2)) && hosts.contains(&id(6)));
+    assert_eq!(
+        p.assignments["arm"].iter().map(|(_, n)| n).sum::<u32>(),
+        3,
+        "the third replica stacks on an aarch64 member"
+    );
+    assert_eq!(p.assignments["any"].len(), 9, "no arch: any member");
+
+    let ranking = explain(&arm, &members).unwrap();
+    let why = |i: u32| {
+        ranking
+            .iter()
+            .find(|c| c.member == id(i))
+            .unwrap()
+            .eligibility
+            .clone()
+    };
+    assert_eq!(why(2), Eligibility::Eligible);
+    assert_eq!(
+        why(0),
+        Eligibility::Arch {
+            wanted: vec!["aarch64".into()],
+            found: Some("x86_64".into())
+        }
+    );
+    assert_eq!(
+        why(0).to_string(),
+        "runs on x86_64, intent wants arch aarch64"
+    );
+    assert_eq!(
+        why(9),
+        Eligibility::Arch {
+            wanted: vec!["aarch64".into()],
+            found: None
+        }
+    );
+
+    let mut riscv = deployment("riscv", 1);
+    riscv.intent.arch = vec!["riscv64".into(), "s390x".into()];
+    let p = place(&[riscv], &members).unwrap();
+    assert!(p.assignments["riscv"].is_empty());
+    assert_eq!(p.reports.len(), 1);
+    assert_eq!(p.reports[0].constraint, Constraint::Arch);
+    assert_eq!(
+        p.reports[0].to_string(),
+        "riscv: arch: wanted 1 on arch riscv64 or s390x, the 10 alive members that qualify \
+         otherwise run on [aarch64, unknown, x86_64]"
+    );
+}

@@ -53,6 +53,14 @@ fn build_member(n: u32, salt: u8, s: &MemberSpec) -> Member {
     if let Some(gpu) = [None, Some("yes"), Some("no")][s.gpu as usize] {
         m.labels.insert("gpu".into(), gpu.into());
     }
+    // Built-in label of every node: a third of the members run on aarch64.
+    let arch = if n.is_multiple_of(3) {
+        "aarch64"
+    } else {
+        "x86_64"
+    };
+    m.labels
+        .insert(aether_placement::ARCH_LABEL.into(), arch.into());
     m.alive = s.alive;
     m.coordinate = s.coordinate.map(|(dx, dy)| {
         let (x, y) = POSITIONS[s.region];
@@ -106,6 +114,9 @@ fn build_deployment(i: usize, s: &DeploymentSpec) -> Deployment {
     }
     if s.gpu {
         d.intent.labels.insert("gpu".into(), "yes".into());
+    }
+    if i % 4 == 1 {
+        d.intent.arch = vec!["aarch64".into()];
     }
     d.intent.spread = s.spread;
     d.intent.latency = s.latency.and_then(|(r, ms)| latency(REGIONS[r], ms));

@@ -77,6 +77,10 @@ fn eligible(d: &Deployment, m: &Member) -> bool {
             .labels
             .iter()
             .all(|(k, v)| m.labels.get(k) == Some(v))
+        && (d.intent.arch.is_empty()
+            || m.labels
+                .get(aether_placement::ARCH_LABEL)
+                .is_some_and(|a| d.intent.arch.contains(a)))
 }
 
 /// RTT of `m` to region `from`: the median of its distances to the alive members of `from` with
@@ -160,6 +164,7 @@ pub fn check(deployments: &[Deployment], members: &[Member], p: &Placement) -> R
                 Constraint::Replicas,
                 Constraint::Regions,
                 Constraint::Labels,
+                Constraint::Arch,
                 Constraint::Memory,
             ]
             .into_iter()

@@ -59,6 +59,11 @@ struct Args {
     /// Concurrent instances across all components (pool slots).
     #[arg(long, default_value_t = 1000)]
     max_instances: u32,
+    /// Compile components inside the node process instead of a short-lived
+    /// child (`aether-d __compile-worker`), which keeps the compiler's memory
+    /// out of the idle node.
+    #[arg(long)]
+    compile_in_process: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -194,6 +199,15 @@ fn keys(
 }
 
 fn main() -> anyhow::Result<()> {
+    // The node runs its compiles in a child process of this same binary (see
+    // aether_runtime::compile); that child takes this branch and never starts a node.
+    let mut argv = std::env::args_os();
+    if argv
+        .nth(1)
+        .is_some_and(|a| a == aether_runtime::compile::WORKER_ARG)
+    {
+        std::process::exit(aether_runtime::compile::run_worker(argv));
+    }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("AETHER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -257,6 +271,9 @@ fn main() -> anyhow::Result<()> {
     }
     config.drain_timeout = args.drain_timeout;
     config.runtime.max_instances = args.max_instances;
+    if !args.compile_in_process {
+        config.runtime.compile_worker = std::env::current_exe().ok();
+    }
     if !args.no_mesh {
         let listen = args
             .mesh_listen

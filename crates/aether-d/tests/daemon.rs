@@ -97,6 +97,17 @@ impl Setup {
 
     /// Spawns `aether-d` for this setup without waiting for it.
     fn spawn(&self, http: SocketAddr, admin: SocketAddr, data_dir: &Path) -> Daemon {
+        self.spawn_with(http, admin, data_dir, &[])
+    }
+
+    /// [`Setup::spawn`] with `extra` arguments.
+    fn spawn_with(
+        &self,
+        http: SocketAddr,
+        admin: SocketAddr,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Daemon {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_aether-d"));
         cmd.arg("--data-dir")
             .arg(data_dir)
@@ -112,6 +123,7 @@ impl Setup {
             .arg("2")
             .arg("--drain-timeout")
             .arg("10s")
+            .args(extra)
             // Keep the operator's own home and settings out of the test.
             .env("ALKAHEST_HOME", self.data.path().join("home"))
             .env_remove("AETHER_DATA_DIR")
@@ -135,7 +147,12 @@ impl Setup {
 
     /// Starts `aether-d` and waits until its admin API answers `/healthz`.
     fn start(&self) -> Daemon {
-        let mut d = self.spawn(self.http, self.admin, &self.data_dir());
+        self.start_with(&[])
+    }
+
+    /// Starts `aether-d` with `extra` arguments and waits until it is ready.
+    fn start_with(&self, extra: &[&str]) -> Daemon {
+        let mut d = self.spawn_with(self.http, self.admin, &self.data_dir(), extra);
         d.wait_ready();
         d
     }
@@ -573,6 +590,75 @@ fn restart_restores_deployments_from_the_compile_cache() {
         "{}",
         node.output()
     );
+}
+
+/// The compiled-code cache files of a data directory.
+fn cache_files(data_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(data_dir.join("compile-cache"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn components_compile_in_a_worker_process_into_a_cache_named_by_target() {
+    let setup = Setup::new(24);
+    let node = setup.start();
+    let deployed = node.deploy_ok(seal(
+        &aetherfile("probe", &["/"], ""),
+        &fixture("probe"),
+        &setup.publisher,
+    ));
+    assert_eq!(node.get("/").body, "probe ok");
+    node.wait_stderr("compiled in a worker process");
+    assert!(
+        !node.stderr().contains("instead of a worker"),
+        "{}",
+        node.output()
+    );
+    // One file, named by content, architecture and OS; no leftovers of the worker.
+    let hash = deployed["component"]["content_hash"]
+        .as_str()
+        .expect("content hash")
+        .to_string();
+    let prefix = format!(
+        "{hash}-{}-{}-",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    );
+    let files = cache_files(&setup.data_dir());
+    assert!(
+        files.len() == 1 && files[0].starts_with(&prefix) && files[0].ends_with(".cwasm"),
+        "{files:?}"
+    );
+
+    // A component the compiler refuses is refused through the worker, with its reason.
+    let (status, message) = api_error(node.deploy(seal(
+        &aetherfile("broken", &["/broken"], ""),
+        &fixture("probe")[..fixture("probe").len() / 2],
+        &setup.publisher,
+    )));
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{message}");
+    assert_eq!(cache_files(&setup.data_dir()).len(), 1);
+
+    // `--compile-in-process` keeps the compiler in the node, and serves the same.
+    let other = Setup::new(25);
+    let node = other.start_with(&["--compile-in-process"]);
+    node.deploy_ok(seal(
+        &aetherfile("probe", &["/"], ""),
+        &fixture("probe"),
+        &other.publisher,
+    ));
+    assert_eq!(node.get("/").body, "probe ok");
+    assert!(
+        !node.stderr().contains("compiled in a worker process"),
+        "{}",
+        node.output()
+    );
+    assert_eq!(cache_files(&other.data_dir()).len(), 1);
 }
 
 #[test]

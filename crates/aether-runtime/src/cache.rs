@@ -48,24 +48,27 @@ impl CompileCache {
         let fingerprint = hasher.finish();
         self.dir
             .as_ref()
-            .map(|d| d.join(format!("{content_hash}-{fingerprint:016x}.cwasm")))
+            .map(|d| d.join(entry_name(content_hash, fingerprint)))
     }
 
-    /// Returns the compiled component, from disk when possible.
+    /// Returns the compiled component, from disk when possible. When it must be compiled and a
+    /// `worker` is given, the worker compiles it in a child process ([`crate::compile`]);
+    /// otherwise, or when the worker fails, it is compiled here. Either way the code served is
+    /// mapped from the cache file when there is one, so it is file-backed memory the kernel can
+    /// page, not heap.
     pub(crate) fn get_or_compile(
         &self,
         engine: &Engine,
         content_hash: &str,
         wasm: &[u8],
         component_name: &str,
+        worker: Option<Worker<'_>>,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
-        if let Some(path) = self.entry(engine, content_hash)
+        let entry = self.entry(engine, content_hash);
+        if let Some(path) = &entry
             && path.exists()
         {
-            // SAFETY: the file was written by `Component::serialize` of an
-            // engine with the same compatibility hash (it is in the name), into
-            // a directory owned by this node, and renamed into place atomically.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match map_entry(engine, path) {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
                 Err(err) => {
                     tracing::warn!(
@@ -73,27 +76,133 @@ impl CompileCache {
                         path = %path.display(),
                         "compiled-code cache entry unusable, recompiling: {err:#}"
                     );
-                    let _ = fs::remove_file(&path);
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+        if let (Some(worker), Some(path)) = (worker, &entry) {
+            let started = std::time::Instant::now();
+            match compile_with_worker(engine, &worker, wasm, path) {
+                Ok(component) => {
+                    tracing::info!(
+                        component = component_name,
+                        ms = started.elapsed().as_millis() as u64,
+                        "compiled in a worker process"
+                    );
+                    return Ok((component, CacheOutcome::Miss));
+                }
+                Err(WorkerError::Invalid(reason)) => return Err(wasmtime::Error::msg(reason)),
+                Err(WorkerError::Failed(reason)) => tracing::warn!(
+                    component = component_name,
+                    "compiling in this process instead of a worker: {reason}"
+                ),
+                Err(WorkerError::Unavailable(reason)) => {
+                    worker
+                        .unavailable
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    tracing::warn!(
+                        component = component_name,
+                        "the compile worker cannot run here ({reason}); this node compiles \
+                         in its own process from now on"
+                    );
                 }
             }
         }
         let component = Component::new(engine, wasm)?;
-        let outcome = match self.entry(engine, content_hash) {
-            None => CacheOutcome::Uncached,
-            Some(path) => match write_entry(&path, &component) {
-                Ok(()) => CacheOutcome::Miss,
-                Err(err) => {
-                    tracing::warn!(
-                        component = component_name,
-                        path = %path.display(),
-                        "could not write the compiled-code cache, serving without it: {err:#}"
-                    );
-                    CacheOutcome::Uncached
-                }
-            },
+        let Some(path) = entry else {
+            return Ok((component, CacheOutcome::Uncached));
         };
-        Ok((component, outcome))
+        if let Err(err) = write_entry(&path, &component) {
+            tracing::warn!(
+                component = component_name,
+                path = %path.display(),
+                "could not write the compiled-code cache, serving without it: {err:#}"
+            );
+            return Ok((component, CacheOutcome::Uncached));
+        }
+        // Serve the mapped file rather than the heap copy the compiler left.
+        match map_entry(engine, &path) {
+            Ok(mapped) => Ok((mapped, CacheOutcome::Miss)),
+            Err(_) => Ok((component, CacheOutcome::Miss)),
+        }
     }
+}
+
+/// A cache file name: `<sha256 of the component>-<arch>-<os>-<engine fingerprint>.cwasm`. The
+/// architecture and OS this binary was built for are in the name as well as in the engine
+/// fingerprint, so code compiled for one target is never even opened on another (a data
+/// directory moved between machines, a cache directory shared by nodes of several kinds).
+pub(crate) fn entry_name(content_hash: &str, fingerprint: u64) -> String {
+    format!(
+        "{content_hash}-{}-{}-{fingerprint:016x}.cwasm",
+        std::env::consts::ARCH,
+        std::env::consts::OS
+    )
+}
+
+/// How to compile in a child process.
+#[derive(Clone, Copy)]
+pub(crate) struct Worker<'a> {
+    /// The program that runs [`crate::compile::run_worker`].
+    pub program: &'a Path,
+    /// The node's settings, which the worker's engine is built from.
+    pub config: &'a crate::RuntimeConfig,
+    /// Whether the component is compiled with fuel metering.
+    pub metered: bool,
+    /// Set when the worker cannot be started at all, so later compiles do not try again.
+    pub unavailable: &'a std::sync::atomic::AtomicBool,
+}
+
+enum WorkerError {
+    Invalid(String),
+    Failed(String),
+    Unavailable(String),
+}
+
+fn compile_with_worker(
+    engine: &Engine,
+    worker: &Worker<'_>,
+    wasm: &[u8],
+    path: &Path,
+) -> Result<Component, WorkerError> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| WorkerError::Failed("cache path has no parent".into()))?;
+    fs::create_dir_all(dir).map_err(|e| WorkerError::Failed(format!("{}: {e}", dir.display())))?;
+    let (tmp, file) =
+        tempfile_in(dir).map_err(|e| WorkerError::Failed(format!("{}: {e}", dir.display())))?;
+    drop(file);
+    let outcome = crate::compile::compile_in_worker(
+        worker.program,
+        worker.config,
+        worker.metered,
+        wasm,
+        &tmp,
+    );
+    let result = match outcome {
+        crate::compile::WorkerOutcome::Compiled => map_entry(engine, &tmp)
+            .map_err(|e| WorkerError::Failed(format!("the worker's code does not load: {e:#}")))
+            .and_then(|component| {
+                fs::rename(&tmp, path)
+                    .map(|()| component)
+                    .map_err(|e| WorkerError::Failed(format!("{}: {e}", path.display())))
+            }),
+        crate::compile::WorkerOutcome::Invalid(reason) => Err(WorkerError::Invalid(reason)),
+        crate::compile::WorkerOutcome::Failed(reason) => Err(WorkerError::Failed(reason)),
+        crate::compile::WorkerOutcome::Unavailable(reason) => Err(WorkerError::Unavailable(reason)),
+    };
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn map_entry(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was written by `Component::serialize` or `Engine::precompile_component`
+    // of an engine built from the same settings, into a directory owned by this node, and is
+    // renamed into place only once complete; wasmtime checks its header and compatibility hash
+    // before using it.
+    unsafe { Component::deserialize_file(engine, path) }
 }
 
 fn write_entry(path: &Path, component: &Component) -> anyhow::Result<()> {

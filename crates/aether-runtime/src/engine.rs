@@ -37,6 +37,11 @@ pub struct RuntimeConfig {
     pub table_keep_resident: usize,
     /// Bytes of stack for each instance's host fiber. Default 1 MiB.
     pub async_stack_size: usize,
+    /// A program that compiles components in a child process when given
+    /// [`compile::WORKER_ARG`](crate::compile::WORKER_ARG) (the daemon sets its
+    /// own binary), so the compiler's memory is returned to the OS when it
+    /// exits. Needs the compile cache. Default `None`: compile in-process.
+    pub compile_worker: Option<PathBuf>,
     /// The store behind `wasi:keyvalue` (the node's lattice state). Default
     /// `None`: components importing `wasi:keyvalue` still load, but opening a
     /// bucket fails with an error saying this node has no state store.
@@ -52,6 +57,7 @@ impl std::fmt::Debug for RuntimeConfig {
             .field("memory_keep_resident", &self.memory_keep_resident)
             .field("table_keep_resident", &self.table_keep_resident)
             .field("async_stack_size", &self.async_stack_size)
+            .field("compile_worker", &self.compile_worker)
             .field("keyvalue", &self.keyvalue.as_ref().map(|_| "<backend>"))
             .finish()
     }
@@ -66,6 +72,7 @@ impl Default for RuntimeConfig {
             memory_keep_resident: 10 << 20,
             table_keep_resident: 1 << 20,
             async_stack_size: 1 << 20,
+            compile_worker: None,
             keyvalue: None,
         }
     }
@@ -88,6 +95,9 @@ pub(crate) struct RuntimeInner {
     pub(crate) config: RuntimeConfig,
     pub(crate) cache: CompileCache,
     pub(crate) metrics: RuntimeMetrics,
+    /// Set once the compile worker cannot be started at all (no such program, an emulator
+    /// that cannot run its own binary): compiles stay in-process from then on.
+    pub(crate) worker_unavailable: AtomicBool,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -109,6 +119,7 @@ impl Runtime {
             config,
             cache,
             metrics: RuntimeMetrics::default(),
+            worker_unavailable: AtomicBool::new(false),
             stop_ticker: stop_ticker.clone(),
         });
         let ticker = Arc::downgrade(&inner);
@@ -146,6 +157,24 @@ impl Runtime {
         Ok(self.inner.metered.get_or_init(|| engine))
     }
 
+    /// The compile worker for a component compiled with or without metering, if configured.
+    pub(crate) fn compile_worker(&self, metered: bool) -> Option<crate::cache::Worker<'_>> {
+        let inner = &self.inner;
+        if inner.worker_unavailable.load(Ordering::Relaxed) {
+            return None;
+        }
+        inner
+            .config
+            .compile_worker
+            .as_deref()
+            .map(|program| crate::cache::Worker {
+                program,
+                config: &inner.config,
+                metered,
+                unavailable: &inner.worker_unavailable,
+            })
+    }
+
     /// The on-disk cache of compiled code.
     pub fn cache(&self) -> &CompileCache {
         &self.inner.cache
@@ -157,7 +186,7 @@ impl Runtime {
     }
 }
 
-fn build_engine(config: &RuntimeConfig, metered: bool) -> anyhow::Result<Engine> {
+pub(crate) fn build_engine(config: &RuntimeConfig, metered: bool) -> anyhow::Result<Engine> {
     Engine::new(&engine_config(config, metered)?)
         .map_err(|e| anyhow::anyhow!("{e:#}"))
         .context("building the wasm engine")

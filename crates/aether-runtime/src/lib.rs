@@ -18,6 +18,7 @@
 
 mod cache;
 mod capabilities;
+pub mod compile;
 mod engine;
 mod host;
 pub mod keyvalue;

@@ -146,7 +146,7 @@ impl Runtime {
         let (component, cache) = self
             .inner
             .cache
-            .get_or_compile(engine, hash, wasm, name)
+            .get_or_compile(engine, hash, wasm, name, self.compile_worker(metered))
             .map_err(|e| invalid(format!("{e:#}")))?;
         match cache {
             CacheOutcome::Hit => self.inner.metrics.cache_hits.inc(),

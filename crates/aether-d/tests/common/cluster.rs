@@ -114,6 +114,13 @@ pub struct Node {
     pub home: PathBuf,
     pub http_port: u16,
     pub admin_port: u16,
+    /// The program started: `aether-d` of this build unless a test sets another (a
+    /// cross-built binary, run through `launcher`).
+    pub program: PathBuf,
+    /// Words put before `program` on the command line (`qemu-aarch64 -L ...`).
+    pub launcher: Vec<String>,
+    /// How long `wait_ready` waits for the admin API.
+    pub ready_timeout: Duration,
     child: Option<Child>,
     stderr: Arc<Mutex<String>>,
     admin_key: SecretKey,
@@ -139,6 +146,9 @@ impl Node {
             home: operator.home.path().to_path_buf(),
             http_port,
             admin_port,
+            program: PathBuf::from(env!("CARGO_BIN_EXE_aether-d")),
+            launcher: Vec::new(),
+            ready_timeout: Duration::from_secs(20),
             child: None,
             stderr: Arc::new(Mutex::new(String::new())),
             admin_key: operator.root(),
@@ -166,7 +176,14 @@ impl Node {
 
     /// Starts the process without waiting.
     pub fn spawn(&mut self, extra: &[String]) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aether-d"));
+        let mut cmd = match self.launcher.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg(&self.program);
+                cmd
+            }
+            None => Command::new(&self.program),
+        };
         cmd.arg("--data-dir")
             .arg(&self.data)
             .arg("--bind")
@@ -193,7 +210,7 @@ impl Node {
 
     /// Waits until the admin API accepts connections; panics if the process exits.
     pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + self.ready_timeout;
         loop {
             if let Some(status) = self
                 .child

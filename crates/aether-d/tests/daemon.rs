@@ -592,11 +592,12 @@ fn restart_restores_deployments_from_the_compile_cache() {
     );
 }
 
-/// The compiled-code cache files of a data directory.
+/// The files at the top of a data directory's compile cache (compiled code, leftovers).
 fn cache_files(data_dir: &Path) -> Vec<String> {
     std::fs::read_dir(data_dir.join("compile-cache"))
         .map(|dir| {
             dir.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
@@ -633,6 +634,14 @@ fn components_compile_in_a_worker_process_into_a_cache_named_by_target() {
     assert!(
         files.len() == 1 && files[0].starts_with(&prefix) && files[0].ends_with(".cwasm"),
         "{files:?}"
+    );
+    // The component's bytes are kept on disk beside it, not in the node's memory.
+    let kept = setup
+        .data_dir()
+        .join(format!("compile-cache/wasm/{hash}.wasm"));
+    assert_eq!(
+        std::fs::read(&kept).map(|b| b.len()).ok(),
+        Some(fixture("probe").len())
     );
 
     // A component the compiler refuses is refused through the worker, with its reason.

@@ -22,9 +22,11 @@ pub enum CacheOutcome {
 
 /// Directory of precompiled components.
 ///
-/// File names are `<sha256 of the component>-<engine fingerprint>.cwasm`, so
-/// a different wasmtime version or different engine settings never load code
-/// compiled for another. Writes go to a temporary file renamed into place, so
+/// File names are `<sha256 of the component>-<arch>-<os>-<engine fingerprint>.cwasm`,
+/// so a different target, wasmtime version or engine settings never load code
+/// compiled for another. The components' own bytes are kept beside them in
+/// `wasm/<sha256>.wasm`, read again only to activate an unloaded component
+/// whose compiled code is gone, so they need not stay in memory. Writes go to a temporary file renamed into place, so
 /// a crash mid-write never leaves a truncated entry behind.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
@@ -40,6 +42,37 @@ impl CompileCache {
     /// The cache directory, if enabled.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()
+    }
+
+    /// Keeps a component's bytes on disk as `wasm/<content_hash>.wasm` and returns that path;
+    /// `None` (the caller keeps them in memory) when the cache is disabled or the write fails.
+    pub(crate) fn store_wasm(&self, content_hash: &str, wasm: &[u8]) -> Option<PathBuf> {
+        let dir = self.dir.as_ref()?.join("wasm");
+        let path = dir.join(format!("{content_hash}.wasm"));
+        if fs::metadata(&path).is_ok_and(|m| m.len() == wasm.len() as u64) {
+            return Some(path);
+        }
+        let written = fs::create_dir_all(&dir).and_then(|()| {
+            let (tmp, mut file) = tempfile_in(&dir)?;
+            let result = file
+                .write_all(wasm)
+                .and_then(|()| file.sync_all())
+                .and_then(|()| fs::rename(&tmp, &path));
+            if result.is_err() {
+                let _ = fs::remove_file(&tmp);
+            }
+            result
+        });
+        match written {
+            Ok(()) => Some(path),
+            Err(err) => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "could not keep the component's bytes on disk, keeping them in memory: {err}"
+                );
+                None
+            }
+        }
     }
 
     fn entry(&self, engine: &Engine, content_hash: &str) -> Option<PathBuf> {

@@ -72,6 +72,34 @@ pub enum LoadError {
     },
 }
 
+/// Where a loaded component's bytes are kept for activating it again: a file in the compile
+/// cache (an 18 MB component then costs the idle node nothing), or memory without a cache.
+#[derive(Clone)]
+pub(crate) enum StoredWasm {
+    Memory(Arc<[u8]>),
+    File(std::path::PathBuf),
+}
+
+impl StoredWasm {
+    /// The bytes, read from disk when they are kept there.
+    fn read(&self, name: &str) -> Result<Arc<[u8]>, LoadError> {
+        match self {
+            Self::Memory(bytes) => Ok(bytes.clone()),
+            Self::File(path) => {
+                std::fs::read(path)
+                    .map(Arc::from)
+                    .map_err(|e| LoadError::Invalid {
+                        name: name.to_string(),
+                        reason: format!(
+                            "its bytes at {} cannot be read ({e}); deploy it again",
+                            path.display()
+                        ),
+                    })
+            }
+        }
+    }
+}
+
 /// Hex SHA-256 of component bytes: the key of the compile cache and of essences.
 pub fn content_hash(wasm: &[u8]) -> String {
     hex::encode(Sha256::digest(wasm))
@@ -97,7 +125,7 @@ pub(crate) struct ComponentInner {
     pub(crate) idle_timeout: Option<Duration>,
     /// The component's bytes, to activate it again after it was unloaded
     /// (compiled code then comes from the cache).
-    pub(crate) wasm: Arc<[u8]>,
+    pub(crate) wasm: StoredWasm,
     /// When a request last arrived, in ms since [`clock_start`].
     pub(crate) last_used_ms: std::sync::atomic::AtomicU64,
     /// Serialises activations from zero.
@@ -192,6 +220,10 @@ impl Runtime {
         let hash = content_hash(wasm);
         let metered = manifest.limits.fuel.is_some();
         let (pre, cache) = self.prepare(&name, &hash, wasm, metered)?;
+        let stored = match self.inner.cache.store_wasm(&hash, wasm) {
+            Some(path) => StoredWasm::File(path),
+            None => StoredWasm::Memory(wasm.into()),
+        };
 
         let mut env: Vec<(String, String)> = manifest
             .env
@@ -258,7 +290,7 @@ impl Runtime {
                         .idle_timeout
                         .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.0)
                 }),
-                wasm: wasm.into(),
+                wasm: stored,
                 last_used_ms: std::sync::atomic::AtomicU64::new(now_ms()),
                 activating: tokio::sync::Mutex::new(()),
                 env,
@@ -389,13 +421,15 @@ impl LoadedComponent {
         let runtime = c.runtime.clone();
         let (name, hash, wasm) = (c.name.to_string(), c.hash.clone(), c.wasm.clone());
         let metered = c.manifest.limits.fuel.is_some();
-        let (pre, cache) =
-            tokio::task::spawn_blocking(move || runtime.prepare(&name, &hash, &wasm, metered))
-                .await
-                .map_err(|e| LoadError::Invalid {
-                    name: c.name.to_string(),
-                    reason: format!("activation stopped: {e}"),
-                })??;
+        let (pre, cache) = tokio::task::spawn_blocking(move || {
+            let wasm = wasm.read(&name)?;
+            runtime.prepare(&name, &hash, &wasm, metered)
+        })
+        .await
+        .map_err(|e| LoadError::Invalid {
+            name: c.name.to_string(),
+            reason: format!("activation stopped: {e}"),
+        })??;
         let pre = Arc::new(pre);
         c.pre.store(Some(pre.clone()));
         let took = started.elapsed();

@@ -1,5 +1,5 @@
 //! Multi-process lattice tests: real `aether-d` processes on loopback
-//! addresses (127.0.0.131–135, 141–148 and 151–155), default mesh port, joined
+//! addresses (127.0.0.131–137, 141–148 and 151–155), default mesh port, joined
 //! with invites; real SIGKILL and SIGTERM.
 
 mod common;
@@ -468,4 +468,72 @@ fn state_converges_across_crashes_restarts_and_a_partition() {
             );
         }
     }
+}
+
+#[test]
+fn nodes_advertise_built_in_labels_and_the_capacity_they_are_given() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut small = Node::new(136, scratch.path(), &operator);
+    let mut other = Node::new(137, scratch.path(), &operator);
+
+    // What a node may not claim is refused before it starts.
+    for (args, expected) in [
+        (
+            vec!["--max-memory", "0MiB"],
+            "--max-memory must be more than 0",
+        ),
+        (vec!["--max-memory", "1PiB"], "never more"),
+        (vec!["--max-cores", "0"], "--max-cores 0"),
+        (vec!["--label", "arch=riscv64"], "built-in label"),
+    ] {
+        small.spawn(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+        let (status, stderr) = small.wait_exit(Duration::from_secs(20));
+        assert!(!status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+
+    small.start(&[
+        "--max-memory".into(),
+        "256MiB".into(),
+        "--max-cores".into(),
+        "1".into(),
+        "--label".into(),
+        "tier=edge".into(),
+    ]);
+    other.start(&join_args(&small, Some(&operator.invite())));
+    let small_id = small.id();
+    let row = || {
+        other
+            .members()
+            .into_iter()
+            .find(|m| m["id"] == small_id.as_str() && m["state"] == "alive")
+    };
+    eventually(
+        "the other node sees the small one",
+        Duration::from_secs(30),
+        || row().is_some(),
+    );
+    let row = row().expect("row");
+    let labels = &row["labels"];
+    assert_eq!(labels["arch"], std::env::consts::ARCH, "{row}");
+    assert_eq!(labels["os"], std::env::consts::OS, "{row}");
+    assert_eq!(labels["cores"], "1", "{row}");
+    assert_eq!(labels["memory"], "256MiB", "{row}");
+    assert_eq!(labels["tier"], "edge", "{row}");
+    assert_eq!(row["capacity"]["memory_bytes"], 256u64 << 20, "{row}");
+    assert_eq!(row["capacity"]["cores"], 1, "{row}");
+    // The other node advertises all of its machine.
+    let own = other
+        .members()
+        .into_iter()
+        .find(|m| m["is_self"] == true)
+        .expect("self row");
+    let memory = own["capacity"]["memory_bytes"].as_u64().unwrap_or(0);
+    assert!(memory > 256 << 20, "{own}");
+    assert_eq!(
+        own["labels"]["memory"],
+        format!("{}MiB", memory >> 20),
+        "{own}"
+    );
 }

@@ -8,28 +8,24 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use aether_admin::auth::Verifier;
 use aether_admin::types::{
-    ApiError, CapacityJson, DeployResponse, LoadJson, LogLineJson, MemberJson, NodeStatus,
-    RevokeResponse,
+    CapacityJson, DeployResponse, LoadJson, LogLineJson, MemberJson, NodeStatus, RevokeResponse,
 };
 use aether_runtime::LogLine;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::admin_response::{AdminBody, body, error, json};
 use crate::config::NodeConfig;
 use crate::deployments::{DeployError, Deployments};
-
-pub(crate) type AdminBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 /// What the admin API serves.
 pub(crate) struct Services {
@@ -142,32 +138,6 @@ pub(crate) async fn serve(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), graceful.shutdown()).await;
-}
-
-fn body(bytes: impl Into<Bytes>) -> AdminBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<AdminBody> {
-    let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut resp = Response::new(body(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Response<AdminBody> {
-    json(
-        status,
-        &ApiError {
-            error: message.into(),
-        },
-    )
 }
 
 async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<AdminBody> {

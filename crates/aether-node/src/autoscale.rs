@@ -2,7 +2,7 @@
 //!
 //! Every node samples, every [`SAMPLE`], how many instances of each
 //! deployment it runs, and counts the requests it served; it answers peers
-//! with the averages over the last [`WINDOW`] (mesh channel
+//! with the averages over the last [`WINDOW`](crate::deployment_load::WINDOW) (mesh channel
 //! [`CHANNEL_CONTROL`](crate::schedule::CHANNEL_CONTROL)).
 //!
 //! For each scalable deployment one node decides: its first host in
@@ -15,16 +15,17 @@
 //! decision; if two nodes briefly both decide, the merge rule keeps one
 //! record everywhere.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aether_kv::KvHandle;
 use aether_manifest::Replicas;
-use aether_placement::{Observed, ScaleMemory, ScalePolicy};
+use aether_placement::{ScaleMemory, ScalePolicy};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::deployment_load::LoadSampler;
 use crate::deployments::Deployments;
 use crate::schedule::Schedule;
 
@@ -32,8 +33,6 @@ use crate::schedule::Schedule;
 pub const SCALE_BUCKET: &str = "sys:scale";
 /// How often instances are sampled.
 const SAMPLE: Duration = Duration::from_millis(200);
-/// The window load is averaged over.
-const WINDOW: Duration = Duration::from_secs(2);
 /// How often the deciding node decides.
 const DECIDE: Duration = Duration::from_secs(1);
 /// Fraction of `limits.max_concurrency` one replica should carry.
@@ -52,72 +51,6 @@ pub struct ScaleRecord {
     pub by: String,
     /// The load it saw.
     pub reason: String,
-}
-
-/// One deployment's load on this node over the last window.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct LocalLoad {
-    /// Instances running, averaged.
-    pub concurrency: f64,
-    /// Requests per second.
-    pub rate: f64,
-}
-
-struct Samples {
-    /// (when, instances running, requests served so far).
-    ring: VecDeque<(Instant, usize, u64)>,
-}
-
-/// This node's load sampler.
-#[derive(Default)]
-pub(crate) struct LoadSampler {
-    samples: Mutex<HashMap<String, Samples>>,
-}
-
-impl LoadSampler {
-    fn sample(&self, deployments: &Deployments) {
-        let now = Instant::now();
-        let mut all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let list = deployments.list();
-        all.retain(|name, _| list.iter().any(|d| d.component.name() == name));
-        for d in list {
-            let name = d.component.name();
-            let requests = deployments.runtime().metrics().requests_for(name);
-            let entry = all.entry(name.to_string()).or_insert_with(|| Samples {
-                ring: VecDeque::new(),
-            });
-            entry
-                .ring
-                .push_back((now, d.component.running_instances(), requests));
-            while entry
-                .ring
-                .front()
-                .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
-            {
-                entry.ring.pop_front();
-            }
-        }
-    }
-
-    /// The load of `name` over the last window.
-    pub(crate) fn load(&self, name: &str) -> LocalLoad {
-        let all = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(s) = all.get(name) else {
-            return LocalLoad::default();
-        };
-        let (Some(first), Some(last)) = (s.ring.front(), s.ring.back()) else {
-            return LocalLoad::default();
-        };
-        let concurrency =
-            s.ring.iter().map(|(_, n, _)| *n as f64).sum::<f64>() / s.ring.len() as f64;
-        let span = last.0.duration_since(first.0).as_secs_f64();
-        let rate = if span > 0.0 {
-            last.2.saturating_sub(first.2) as f64 / span
-        } else {
-            0.0
-        };
-        LocalLoad { concurrency, rate }
-    }
 }
 
 /// Runs sampling, deciding and following until the node stops.
@@ -233,14 +166,4 @@ async fn follow(kv: KvHandle, schedule: Arc<Schedule>) {
         };
         schedule.set_scaled(scaled.clone());
     }
-}
-
-/// The load summed over the hosts that answered.
-pub(crate) fn sum(loads: impl IntoIterator<Item = LocalLoad>) -> Observed {
-    loads
-        .into_iter()
-        .fold(Observed::default(), |acc, l| Observed {
-            concurrency: acc.concurrency + l.concurrency,
-            request_rate: acc.request_rate + l.rate,
-        })
 }

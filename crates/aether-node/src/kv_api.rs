@@ -15,7 +15,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 
-use crate::admin::{AdminBody, error, json};
+use crate::admin_response::{AdminBody, error, json};
 
 /// The JSON form of one update.
 pub(crate) fn entry_json(u: &SignedUpdate) -> KvEntryJson {

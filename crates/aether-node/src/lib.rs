@@ -9,8 +9,10 @@
 #![deny(missing_docs)]
 
 mod admin;
+mod admin_response;
 mod autoscale;
 mod config;
+mod deployment_load;
 mod deployments;
 mod forward;
 mod ingress;

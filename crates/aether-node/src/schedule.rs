@@ -241,7 +241,7 @@ pub(crate) struct Schedule {
     changes: Mutex<VecDeque<Change>>,
     scaled: ArcSwap<BTreeMap<String, u32>>,
     wake: Notify,
-    sampler: Arc<crate::autoscale::LoadSampler>,
+    sampler: Arc<crate::deployment_load::LoadSampler>,
     /// Its metrics.
     pub(crate) metrics: ScheduleMetrics,
 }
@@ -260,13 +260,13 @@ impl Schedule {
             changes: Mutex::new(VecDeque::new()),
             scaled: ArcSwap::from_pointee(BTreeMap::new()),
             wake: Notify::new(),
-            sampler: Arc::new(crate::autoscale::LoadSampler::default()),
+            sampler: Arc::new(crate::deployment_load::LoadSampler::default()),
             metrics: ScheduleMetrics::default(),
         })
     }
 
     /// This node's load sampler.
-    pub(crate) fn sampler(&self) -> &Arc<crate::autoscale::LoadSampler> {
+    pub(crate) fn sampler(&self) -> &Arc<crate::deployment_load::LoadSampler> {
         &self.sampler
     }
 
@@ -312,7 +312,7 @@ impl Schedule {
             view.hosts.get(name).cloned().unwrap_or_default()
         };
         let states = futures::future::join_all(targets.iter().map(|h| self.ask(h, name))).await;
-        crate::autoscale::sum(states.into_iter().flatten().map(|s| s.load))
+        crate::deployment_load::sum(states.into_iter().flatten().map(|s| s.load))
     }
 
     /// This node's id.
@@ -648,12 +648,12 @@ pub(crate) struct HostState {
     pub instances: usize,
     /// Its load over the last window.
     #[serde(default)]
-    pub load: crate::autoscale::LocalLoad,
+    pub load: crate::deployment_load::LocalLoad,
 }
 
 fn local_state(
     deployments: &Deployments,
-    sampler: &crate::autoscale::LoadSampler,
+    sampler: &crate::deployment_load::LoadSampler,
     name: &str,
 ) -> HostState {
     match deployments.get(name) {
@@ -672,7 +672,7 @@ fn local_state(
 pub(crate) async fn serve_control(
     mut incoming: tokio::sync::mpsc::Receiver<aether_transport::IncomingStream>,
     deployments: Arc<Deployments>,
-    sampler: Arc<crate::autoscale::LoadSampler>,
+    sampler: Arc<crate::deployment_load::LoadSampler>,
 ) {
     while let Some(mut stream) = incoming.recv().await {
         let deployments = deployments.clone();

@@ -4,6 +4,7 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use crate::group::{Group, GroupKey, LatencyOutcome};
 use crate::hash::{deployment_key, lower_bound_units, neg_ln, pair, unit};
 use crate::report;
 use crate::view::View;
@@ -104,79 +105,6 @@ impl Bucket {
     }
 }
 
-/// A member of a [`Group`], with what the ranking loop reads, stored contiguously.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct GroupMember {
-    /// The member's key.
-    pub key: u64,
-    /// The member's [`bound_scale`](crate::hash::bound_scale).
-    pub scale: f64,
-    /// The member's index in the view.
-    pub idx: u32,
-    /// Position of the member's region in [`Group::regions`].
-    pub slot: u32,
-}
-
-/// The members that satisfy a deployment's regions, labels and architectures (alive, offering
-/// memory), shared by every deployment with the same ones.
-pub(crate) struct Group {
-    /// The members, by ascending index.
-    pub members: Vec<GroupMember>,
-    /// Distinct region indices of those members, ascending.
-    pub regions: Vec<u32>,
-}
-
-impl Group {
-    /// The group of `key`: regions restricted or not, the allowed region indices, the labels,
-    /// the allowed architectures (empty: any).
-    fn new(view: &View<'_>, key: &GroupKey<'_>) -> Self {
-        let (restricted, regions, labels, arch) = key;
-        let mut allowed = vec![!restricted; view.region_names.len()];
-        for &r in regions {
-            allowed[r as usize] = true;
-        }
-        let indices: Vec<usize> = view
-            .usable
-            .iter()
-            .map(|&i| i as usize)
-            .filter(|&i| {
-                let member_labels = &view.members[i].labels;
-                allowed[view.region[i] as usize]
-                    && labels
-                        .iter()
-                        .all(|(k, v)| member_labels.get(*k).map(String::as_str) == Some(*v))
-                    && (arch.is_empty()
-                        || member_labels
-                            .get(crate::ARCH_LABEL)
-                            .is_some_and(|a| arch.contains(&a.as_str())))
-            })
-            .collect();
-        let mut group_regions: Vec<u32> = indices.iter().map(|&i| view.region[i]).collect();
-        group_regions.sort_unstable();
-        group_regions.dedup();
-        let mut slot_of_region = vec![0u32; view.region_names.len()];
-        for (slot, &r) in group_regions.iter().enumerate() {
-            slot_of_region[r as usize] = slot as u32;
-        }
-        let members = indices
-            .iter()
-            .map(|&i| {
-                let slot = slot_of_region[view.region[i] as usize];
-                GroupMember {
-                    key: view.key[i],
-                    scale: view.bound_scale[i],
-                    idx: i as u32,
-                    slot,
-                }
-            })
-            .collect();
-        Self {
-            members,
-            regions: group_regions,
-        }
-    }
-}
-
 /// The latency target of one deployment, resolved against the member view.
 #[derive(Clone, Copy)]
 pub(crate) struct Latency<'r> {
@@ -184,26 +112,6 @@ pub(crate) struct Latency<'r> {
     pub rtt: &'r [f64],
     /// The target in seconds.
     pub p99: f64,
-}
-
-/// How the latency target fared.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum LatencyOutcome {
-    /// No target, or nothing to place.
-    NotAsked,
-    /// A replica is on a node within the target.
-    Met,
-    /// No eligible node is within the target. `best`: the nearest eligible node's RTT;
-    /// `placed_at`: the RTT of the nearest node with room, which got the first replica.
-    NoneWithin {
-        best: Option<f64>,
-        placed_at: Option<f64>,
-    },
-    /// `within` eligible nodes meet the target but none has room.
-    NoRoom {
-        within: usize,
-        placed_at: Option<f64>,
-    },
 }
 
 /// Memory left on each member, and what one replica needs.
@@ -503,10 +411,6 @@ impl Scratch {
         })
     }
 }
-
-/// Signature of a deployment's eligibility: whether its regions are restricted, the indices
-/// of its regions that some member is in (sorted), its labels, and its architectures (sorted).
-type GroupKey<'a> = (bool, Vec<u32>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
 
 /// [`place`](crate::place), with the choice of exhaustive ranking (the reference the top-k
 /// shortcut must match).

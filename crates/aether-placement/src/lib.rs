@@ -82,6 +82,7 @@ use aether_membership::Coordinate;
 mod autoscale;
 mod engine;
 mod explain;
+mod group;
 mod hash;
 mod report;
 mod view;

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::engine::{Group, LatencyOutcome};
+use crate::group::{Group, LatencyOutcome};
 use crate::view::View;
 use crate::{Constraint, Deployment, Unsatisfied};
 

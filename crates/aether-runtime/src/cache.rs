@@ -95,7 +95,7 @@ impl CompileCache {
         content_hash: &str,
         wasm: &[u8],
         component_name: &str,
-        worker: Option<Worker<'_>>,
+        worker: Option<crate::compile::Worker<'_>>,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let entry = self.entry(engine, content_hash);
         if let Some(path) = &entry
@@ -173,19 +173,6 @@ pub(crate) fn entry_name(content_hash: &str, fingerprint: u64) -> String {
     )
 }
 
-/// How to compile in a child process.
-#[derive(Clone, Copy)]
-pub(crate) struct Worker<'a> {
-    /// The program that runs [`crate::compile::run_worker`].
-    pub program: &'a Path,
-    /// The node's settings, which the worker's engine is built from.
-    pub config: &'a crate::RuntimeConfig,
-    /// Whether the component is compiled with fuel metering.
-    pub metered: bool,
-    /// Set when the worker cannot be started at all, so later compiles do not try again.
-    pub unavailable: &'a std::sync::atomic::AtomicBool,
-}
-
 enum WorkerError {
     Invalid(String),
     Failed(String),
@@ -194,7 +181,7 @@ enum WorkerError {
 
 fn compile_with_worker(
     engine: &Engine,
-    worker: &Worker<'_>,
+    worker: &crate::compile::Worker<'_>,
     wasm: &[u8],
     path: &Path,
 ) -> Result<Component, WorkerError> {

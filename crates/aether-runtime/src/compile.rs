@@ -28,6 +28,19 @@ pub const WORKER_ARG: &str = "__compile-worker";
 /// Exit code of a worker whose component does not compile.
 pub const EXIT_INVALID: i32 = 2;
 
+/// How to compile in a child process.
+#[derive(Clone, Copy)]
+pub(crate) struct Worker<'a> {
+    /// The program that runs [`run_worker`].
+    pub program: &'a Path,
+    /// The node's settings, which the worker's engine is built from.
+    pub config: &'a RuntimeConfig,
+    /// Whether the component is compiled with fuel metering.
+    pub metered: bool,
+    /// Set when the worker cannot be started at all, so later compiles do not try again.
+    pub unavailable: &'a std::sync::atomic::AtomicBool,
+}
+
 /// What a worker run ended with.
 #[derive(Debug)]
 pub(crate) enum WorkerOutcome {

@@ -157,24 +157,6 @@ impl Runtime {
         Ok(self.inner.metered.get_or_init(|| engine))
     }
 
-    /// The compile worker for a component compiled with or without metering, if configured.
-    pub(crate) fn compile_worker(&self, metered: bool) -> Option<crate::cache::Worker<'_>> {
-        let inner = &self.inner;
-        if inner.worker_unavailable.load(Ordering::Relaxed) {
-            return None;
-        }
-        inner
-            .config
-            .compile_worker
-            .as_deref()
-            .map(|program| crate::cache::Worker {
-                program,
-                config: &inner.config,
-                metered,
-                unavailable: &inner.worker_unavailable,
-            })
-    }
-
     /// The on-disk cache of compiled code.
     pub fn cache(&self) -> &CompileCache {
         &self.inner.cache

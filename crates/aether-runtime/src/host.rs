@@ -13,7 +13,7 @@ use wasmtime_wasi_http::{
 };
 
 use crate::capabilities::OutboundPolicy;
-use crate::keyvalue::KeyValueCtx;
+use crate::keyvalue::{KeyValueCtx, KeyValueHost, KeyValueView};
 
 /// Everything one instance can reach, owned by its `Store`.
 pub(crate) struct HostState {
@@ -42,6 +42,12 @@ impl WasiHttpView for HostState {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
+    }
+}
+
+impl KeyValueHost for HostState {
+    fn keyvalue_view(&mut self) -> KeyValueView<'_> {
+        KeyValueView::new(&mut self.keyvalue, &mut self.table)
     }
 }
 

@@ -53,7 +53,6 @@ use std::sync::Arc;
 
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 
-use crate::host::HostState;
 use crate::logs::{LogSink, LogStream};
 
 mod generated {
@@ -236,18 +235,24 @@ impl HasData for HasKeyValue {
     type Data<'a> = KeyValueView<'a>;
 }
 
-fn view(h: &mut HostState) -> KeyValueView<'_> {
-    KeyValueView {
-        ctx: &mut h.keyvalue,
-        table: &mut h.table,
+impl<'a> KeyValueView<'a> {
+    /// A view over one instance's key-value state and resource table.
+    pub(crate) fn new(ctx: &'a mut KeyValueCtx, table: &'a mut ResourceTable) -> Self {
+        KeyValueView { ctx, table }
     }
 }
 
+/// Store data that can lend the key-value view of its instance.
+pub(crate) trait KeyValueHost: Send + 'static {
+    /// The instance's key-value state and resource table.
+    fn keyvalue_view(&mut self) -> KeyValueView<'_>;
+}
+
 /// Adds `wasi:keyvalue/{store,atomics,batch}@0.2.0-draft` to `linker`.
-pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    store::add_to_linker::<_, HasKeyValue>(linker, view)?;
-    atomics::add_to_linker::<_, HasKeyValue>(linker, view)?;
-    batch::add_to_linker::<_, HasKeyValue>(linker, view)?;
+pub(crate) fn link<T: KeyValueHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
+    store::add_to_linker::<T, HasKeyValue>(linker, T::keyvalue_view)?;
+    atomics::add_to_linker::<T, HasKeyValue>(linker, T::keyvalue_view)?;
+    batch::add_to_linker::<T, HasKeyValue>(linker, T::keyvalue_view)?;
     Ok(())
 }
 

@@ -155,6 +155,27 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl Runtime {
+    /// The compile worker for a component compiled with or without metering, if configured.
+    pub(crate) fn compile_worker(&self, metered: bool) -> Option<crate::compile::Worker<'_>> {
+        let inner = &self.inner;
+        if inner
+            .worker_unavailable
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        inner
+            .config
+            .compile_worker
+            .as_deref()
+            .map(|program| crate::compile::Worker {
+                program,
+                config: &inner.config,
+                metered,
+                unavailable: &inner.worker_unavailable,
+            })
+    }
+
     /// Compiles (or loads from the cache), checks imports, links and
     /// pre-instantiates one component.
     fn prepare(

@@ -270,3 +270,138 @@ pub struct KvSummaryJson {
     /// Received updates dropped because their origin is unknown or revoked.
     pub unknown_or_revoked_origin: u64,
 }
+
+/// `POST /v1/rollouts` and `POST /v1/rollback/NAME`: the rollout started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutStarted {
+    /// The rollout's id (`rollout status ID`).
+    pub rollout: String,
+    /// The component it deploys.
+    pub component: String,
+    /// The essence it deploys.
+    pub essence_hash: String,
+}
+
+/// `GET /v1/rollouts/ID`: one rollout (or another workflow) as its journal tells it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutStatusJson {
+    /// Its id.
+    pub id: String,
+    /// The kind of workflow (`rollout`).
+    pub kind: String,
+    /// The component it deploys.
+    pub component: String,
+    /// The essence it deploys.
+    pub essence_hash: String,
+    /// Why it was started (`deploy`, `rollback to version 2`).
+    pub reason: String,
+    /// `running`, `paused`, `finished`, `rolled-back`, `superseded`, `failed` or `cancelled`.
+    pub state: String,
+    /// Why it ended so, when it did not finish.
+    pub outcome_reason: String,
+    /// When it started (ms since the Unix epoch) and on which node.
+    pub started_ms: u64,
+    /// See `started_ms`.
+    pub started_by: String,
+    /// When it ended.
+    pub ended_ms: Option<u64>,
+    /// The node driving it now (or that ended it).
+    pub driver: String,
+    /// The driver's epoch (raised by every takeover).
+    pub epoch: u64,
+    /// Its steps so far, and the one running.
+    pub steps: Vec<RolloutStepJson>,
+    /// Every epoch taken: the start, then each takeover.
+    pub leases: Vec<LeaseJson>,
+    /// Progress per node of the distribute, precompile and switch steps.
+    pub nodes: Vec<RolloutNodeJson>,
+    /// An operator paused it.
+    pub paused: bool,
+    /// An operator asked to cancel it.
+    pub cancel_requested: bool,
+}
+
+/// One step of a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutStepJson {
+    /// Its position.
+    pub index: u32,
+    /// `verify`, `distribute`, `precompile`, `switch`, `retire`, or an undo step.
+    pub name: String,
+    /// `done`, `failed` or `running`.
+    pub state: String,
+    /// For an undo step: the step it undoes.
+    pub compensates: Option<u32>,
+    /// The node that ran it.
+    pub node: String,
+    /// The epoch it ran under.
+    pub epoch: u64,
+    /// When it started and finished (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// See `started_ms`.
+    pub finished_ms: Option<u64>,
+    /// What it produced.
+    pub output: serde_json::Value,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// An epoch of a workflow: who drove it from when, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseJson {
+    /// The epoch's number.
+    pub epoch: u64,
+    /// Its holder.
+    pub node: String,
+    /// `started`, `holder-dead`, `lease-lapsed` or `resumed`.
+    pub reason: String,
+    /// Steps recorded when it was taken.
+    pub resumed_at: u32,
+    /// When it was taken (ms since the Unix epoch).
+    pub taken_ms: u64,
+}
+
+/// One node's progress in a rollout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutNodeJson {
+    /// The node.
+    pub node: String,
+    /// It holds the essence.
+    pub fetched: bool,
+    /// It compiled it (or found it compiled).
+    pub compiled: bool,
+    /// It serves the new version.
+    pub serving: bool,
+    /// What went wrong there.
+    pub error: Option<String>,
+}
+
+/// `GET /v1/history/NAME`: the versions a component has had, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryJson {
+    /// The component.
+    pub component: String,
+    /// Its versions, newest last.
+    pub versions: Vec<VersionJson>,
+}
+
+/// One version of a component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionJson {
+    /// 1 for the first version rolled out, then one more per rollout that finished.
+    pub version: u32,
+    /// Its essence.
+    pub essence_hash: String,
+    /// The key that signed the essence.
+    pub publisher: String,
+    /// The admin key that asked for the rollout.
+    pub deployed_by: String,
+    /// When it became current (ms since the Unix epoch).
+    pub switched_ms: u64,
+    /// The rollout that made it current.
+    pub rollout: String,
+    /// Why (`deploy`, `rollback to version 1`).
+    pub reason: String,
+    /// Whether the lattice serves it now.
+    pub current: bool,
+}

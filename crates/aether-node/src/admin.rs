@@ -30,6 +30,8 @@ use crate::deployments::{DeployError, Deployments};
 /// What the admin API serves.
 pub(crate) struct Services {
     pub(crate) deployments: Arc<Deployments>,
+    /// The node's workflows (rollouts), in a lattice.
+    pub(crate) workflows: Option<Arc<crate::workflows::Workflows>>,
     pub(crate) mesh: Option<aether_mesh::MeshHandle>,
     pub(crate) kv: aether_kv::KvHandle,
     pub(crate) node_id: aether_identity::PublicKey,
@@ -50,6 +52,7 @@ pub(crate) struct AdminState {
     kv: aether_kv::KvHandle,
     node_id: aether_identity::PublicKey,
     replication: Option<Arc<crate::replication::Replication>>,
+    workflows: Option<Arc<crate::workflows::Workflows>>,
     lattice: Option<Lattice>,
     registry: Registry,
     http_addr: SocketAddr,
@@ -72,6 +75,7 @@ impl AdminState {
             kv,
             node_id,
             replication,
+            workflows,
             lattice,
         } = services;
         let mut registry = Registry::default();
@@ -80,6 +84,9 @@ impl AdminState {
             mesh.metrics().register(&mut registry);
         }
         kv.metrics().register(&mut registry);
+        if let Some(w) = &workflows {
+            w.metrics.register(&mut registry);
+        }
         if let Some((schedule, forwarder)) = &lattice {
             forwarder.metrics.register(&mut registry);
             schedule.metrics.register(&mut registry);
@@ -91,6 +98,7 @@ impl AdminState {
             kv,
             node_id,
             replication,
+            workflows,
             lattice,
             registry,
             http_addr,
@@ -185,13 +193,17 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
             );
         }
     };
-    if let Err(e) = state
-        .verifier
-        .verify(method.as_str(), &path_and_query, &parts.headers, &bytes)
-    {
-        tracing::warn!(%path, "admin request refused: {e}");
-        return error(StatusCode::UNAUTHORIZED, e.to_string());
-    }
+    let caller =
+        match state
+            .verifier
+            .verify(method.as_str(), &path_and_query, &parts.headers, &bytes)
+        {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::warn!(%path, "admin request refused: {e}");
+                return error(StatusCode::UNAUTHORIZED, e.to_string());
+            }
+        };
 
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
@@ -294,6 +306,31 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
         (&Method::GET, ["v1", "logs", name]) => logs(state, name, parts.uri.query()),
         (&Method::GET, ["v1", "nodes"]) => nodes(state).await,
         (&Method::POST, ["v1", "revoke"]) => revoke(state, &bytes).await,
+        (_, ["v1", rest @ ..])
+            if matches!(
+                rest.first(),
+                Some(&("rollouts" | "history" | "rollback" | "drain"))
+            ) =>
+        {
+            match &state.workflows {
+                Some(w) => {
+                    crate::workflows::api::handle(
+                        w,
+                        &state.deployments,
+                        &caller,
+                        &method,
+                        rest,
+                        parts.uri.query(),
+                        bytes,
+                    )
+                    .await
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    "this node is not in a lattice: rollouts need one (POST /v1/deploy deploys here directly)",
+                ),
+            }
+        }
         (_, ["v1", "kv", rest @ ..]) => {
             crate::kv_api::handle(&state.kv, &method, rest, parts.uri.query(), bytes).await
         }

@@ -120,6 +120,14 @@ impl Deployments {
         &self.runtime
     }
 
+    /// Opens an essence and checks it against this node's trusted publishers.
+    pub(crate) fn verify_essence(
+        &self,
+        essence: &[u8],
+    ) -> Result<aether_essence::VerifiedEssence, EssenceError> {
+        Essence::open(essence)?.verify(&self.publishers)
+    }
+
     /// The deployment serving `host` and `path`, if any.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<Arc<Deployment>> {
         self.current.load().routes.lookup(host, path).cloned()
@@ -201,6 +209,7 @@ impl Deployments {
         by_name.insert(name.clone(), deployment.clone());
         let routes = build_routes(&by_name, Some(&name))?;
         self.persist(&name, &essence)?;
+        self.keep_essence(&essence)?;
         self.current.store(Arc::new(Snapshot { by_name, routes }));
         self.changed.notify_one();
         tracing::info!(
@@ -270,15 +279,53 @@ impl Deployments {
         len: usize,
     ) -> Option<(Vec<u8>, u64)> {
         use std::io::{Read as _, Seek as _};
-        let d = self.get(name)?;
-        if d.essence_hash != hash || offset > d.essence_size {
+        let path = match self.get(name) {
+            Some(d) if d.essence_hash == hash => self.essence_path(name),
+            _ => self.kept_path(hash)?,
+        };
+        let mut f = std::fs::File::open(path).ok()?;
+        let size = f.metadata().ok()?.len();
+        if offset > size {
             return None;
         }
-        let mut f = std::fs::File::open(self.essence_path(name)).ok()?;
         f.seek(std::io::SeekFrom::Start(offset)).ok()?;
-        let mut buf = vec![0; len.min((d.essence_size - offset) as usize)];
+        let mut buf = vec![0; len.min((size - offset) as usize)];
         f.read_exact(&mut buf).ok()?;
-        Some((buf, d.essence_size))
+        Some((buf, size))
+    }
+
+    /// Keeps a copy of an essence under its hash (`DATA_DIR/essences/by-hash/`), so the
+    /// versions a rollout stages, and earlier ones to roll back to, can be served to peers and
+    /// deployed again. Returns the hash; a copy already kept is not written again.
+    pub(crate) fn keep_essence(&self, essence: &[u8]) -> Result<String, DeployError> {
+        let hash = essence_hash(essence);
+        let dir = self.essence_dir.join("by-hash");
+        let path = dir.join(format!("{hash}.essence"));
+        if path.exists() {
+            return Ok(hash);
+        }
+        write_atomically(&dir, &path, essence).map_err(|source| DeployError::Storage {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(hash)
+    }
+
+    /// The kept essence with this hash, checked against it.
+    pub(crate) fn kept_essence(&self, hash: &str) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(self.kept_path(hash)?).ok()?;
+        (essence_hash(&bytes) == hash).then_some(bytes)
+    }
+
+    fn kept_path(&self, hash: &str) -> Option<PathBuf> {
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let path = self
+            .essence_dir
+            .join("by-hash")
+            .join(format!("{hash}.essence"));
+        path.exists().then_some(path)
     }
 
     fn essence_path(&self, name: &str) -> PathBuf {
@@ -291,19 +338,7 @@ impl Deployments {
             path: path.clone(),
             source,
         };
-        std::fs::create_dir_all(&self.essence_dir).map_err(storage)?;
-        let tmp = self.essence_dir.join(format!(".{name}.essence.tmp"));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write as _;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(essence)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            storage(e)
-        })
+        write_atomically(&self.essence_dir, &path, essence).map_err(storage)
     }
 
     /// Status of one deployment for the admin API.
@@ -339,6 +374,30 @@ impl Deployments {
             placement: None,
         }
     }
+}
+
+/// Writes `bytes` to `path` in `dir` through a temporary file, synced, then renamed.
+fn write_atomically(
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Builds the route table; `newcomer` goes last so a conflict names the

@@ -22,6 +22,7 @@ mod load;
 mod replication;
 mod router;
 mod schedule;
+mod workflows;
 
 pub use autoscale::{SCALE_BUCKET, ScaleRecord};
 pub use config::{MeshSetup, NodeConfig};
@@ -133,6 +134,21 @@ impl Node {
         // for the rest go to a host over the mesh.
         let schedule =
             schedule::Schedule::new(node_key.public(), mesh.clone(), deployments.clone());
+        let workflows = match (&mesh, &replication) {
+            (Some(mesh), Some(replication)) => Some(
+                workflows::Workflows::start(
+                    kv.clone(),
+                    mesh.clone(),
+                    node_key.public(),
+                    deployments.clone(),
+                    replication.clone(),
+                    schedule.clone(),
+                )
+                .await
+                .context("following the lattice's workflows")?,
+            ),
+            _ => None,
+        };
         let mut lattice_tasks = Vec::new();
         let lattice = match &mesh {
             Some(mesh) => {
@@ -179,6 +195,7 @@ impl Node {
                 kv: kv.clone(),
                 node_id: node_key.public(),
                 replication: replication.clone(),
+                workflows,
                 lattice,
             },
             http_addr,

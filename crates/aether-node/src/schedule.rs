@@ -242,6 +242,8 @@ pub(crate) struct Schedule {
     scaled: ArcSwap<BTreeMap<String, u32>>,
     wake: Notify,
     sampler: Arc<crate::deployment_load::LoadSampler>,
+    /// Members being drained or drained (`alkahest drain`): placement puts nothing on them.
+    drained: ArcSwap<BTreeSet<[u8; 32]>>,
     /// Its metrics.
     pub(crate) metrics: ScheduleMetrics,
 }
@@ -261,8 +263,20 @@ impl Schedule {
             scaled: ArcSwap::from_pointee(BTreeMap::new()),
             wake: Notify::new(),
             sampler: Arc::new(crate::deployment_load::LoadSampler::default()),
+            drained: ArcSwap::from_pointee(BTreeSet::new()),
             metrics: ScheduleMetrics::default(),
         })
+    }
+
+    /// Sets the members placement must leave empty (drained), and places again.
+    pub(crate) fn set_drained(&self, drained: BTreeSet<[u8; 32]>) {
+        self.drained.store(Arc::new(drained));
+        self.wake.notify_one();
+    }
+
+    /// Whether `id` is being drained or is drained.
+    pub(crate) fn is_drained(&self, id: &NodeId) -> bool {
+        self.drained.load().contains(id.as_bytes())
     }
 
     /// This node's load sampler.
@@ -417,6 +431,7 @@ impl Schedule {
     /// A hash of everything placement reads except coordinates.
     fn fingerprint(&self, members: &[Member], deployments: &[Arc<Deployment>]) -> u64 {
         let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.drained.load().hash(&mut h);
         for m in members {
             m.id.as_bytes().hash(&mut h);
             member_alive(m).hash(&mut h);
@@ -439,6 +454,7 @@ impl Schedule {
     /// moved.
     fn recompute(&self, members: &[Member], deployments: &[Arc<Deployment>], reason: &str) {
         let started = Instant::now();
+        let drained = self.drained.load_full();
         let placement_members: Vec<aether_placement::Member> = members
             .iter()
             .filter_map(|m| {
@@ -450,7 +466,7 @@ impl Schedule {
                     capacity_memory: meta.capacity.memory_bytes,
                     reserved_memory: 0,
                     cores: meta.capacity.cores,
-                    alive: member_alive(m),
+                    alive: member_alive(m) && !drained.contains(m.id.as_bytes()),
                     coordinate: m.coordinate,
                 })
             })

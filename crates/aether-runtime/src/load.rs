@@ -220,6 +220,17 @@ impl Runtime {
         Ok((pre, cache))
     }
 
+    /// Validates and compiles a component into the compiled-code cache (or finds it there),
+    /// checking its imports, without keeping it loaded: a later [`Runtime::load`] of the same
+    /// bytes is a cache hit. Blocking, like `load`.
+    pub fn precompile(&self, manifest: &Manifest, wasm: &[u8]) -> Result<CacheOutcome, LoadError> {
+        check_header(&manifest.name, wasm)?;
+        let hash = content_hash(wasm);
+        let metered = manifest.limits.fuel.is_some();
+        let (_, cache) = self.prepare(&manifest.name, &hash, wasm, metered)?;
+        Ok(cache)
+    }
+
     /// Validates, compiles (or loads from the cache) and pre-instantiates a
     /// component. Blocking: call from a blocking-capable context for large
     /// components that may need compiling.

@@ -85,7 +85,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             target,
             no_build,
             json,
-        } => deploy(&home, node.as_deref(), &target, no_build, json).await,
+            detach,
+        } => deploy(&home, node.as_deref(), &target, no_build, json, detach).await,
+        Command::Rollout { command } => {
+            crate::rollouts::rollout(&client(&home, node.as_deref())?, command).await
+        }
+        Command::Drain {
+            node: target,
+            detach,
+            json,
+        } => {
+            let client = client(&home, node.as_deref())?;
+            let id = resolve_member(&client, &target).await?;
+            crate::rollouts::drain(&client, &id.to_string(), detach, json).await
+        }
+        Command::Undrain { node: target, json } => {
+            let client = client(&home, node.as_deref())?;
+            let id = resolve_member(&client, &target).await?;
+            crate::rollouts::undrain(&client, &id.to_string(), json).await
+        }
+        Command::History { name, json } => {
+            crate::rollouts::history(&client(&home, node.as_deref())?, &name, json).await
+        }
+        Command::Rollback {
+            name,
+            to,
+            detach,
+            json,
+        } => {
+            crate::rollouts::rollback(&client(&home, node.as_deref())?, &name, to, detach, json)
+                .await
+        }
         Command::Status { name, json } => status(&home, node.as_deref(), name, json).await,
         Command::Logs {
             name,
@@ -285,6 +315,7 @@ async fn deploy(
     target: &Path,
     no_build: bool,
     json: bool,
+    detach: bool,
 ) -> anyhow::Result<()> {
     let essence = if target.is_file()
         && std::fs::read(target)
@@ -297,8 +328,18 @@ async fn deploy(
         seal(home, &project, no_build)?
     };
     let client = client(home, node)?;
-    let bar = spinner("Deploying");
     let started = Instant::now();
+    // In a lattice a deploy is a rollout; a node on its own deploys at once.
+    if let Some(rollout) = crate::rollouts::start(&client, essence.clone()).await? {
+        return crate::rollouts::after_start(&client, &rollout, detach, json, started).await;
+    }
+    if detach {
+        anyhow::bail!(
+            "--detach needs a node in a lattice: {} deploys at once",
+            client.addr()
+        );
+    }
+    let bar = spinner("Deploying");
     let result: Result<DeployResponse, _> = client
         .json(Method::POST, "/v1/deploy", Bytes::from(essence))
         .await;
@@ -326,7 +367,8 @@ async fn deploy(
     Ok(())
 }
 
-fn print_urls(http_addr: &str, c: &ComponentStatus) {
+/// Prints where a component answers.
+pub(crate) fn print_urls(http_addr: &str, c: &ComponentStatus) {
     for route in &c.routes {
         if route.starts_with('/') {
             println!("  http://{http_addr}{route}");
@@ -732,6 +774,28 @@ async fn nodes(home: &Home, node: Option<&str>, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// A member's key from its full id or a unique prefix of it.
+pub(crate) async fn resolve_member(
+    client: &AdminClient,
+    id: &str,
+) -> anyhow::Result<aether_identity::PublicKey> {
+    if id.starts_with("ed25519:") && id.len() > 50 {
+        return id
+            .parse()
+            .with_context(|| format!("`{id}` is not a node id"));
+    }
+    let members: Vec<MemberJson> = client.json(Method::GET, "/v1/nodes", Bytes::new()).await?;
+    let matches: Vec<&MemberJson> = members
+        .iter()
+        .filter(|m| m.id.starts_with(id) || m.id.trim_start_matches("ed25519:").starts_with(id))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one.id.parse()?),
+        [] => anyhow::bail!("no member's id starts with `{id}` (see `alkahest nodes`)"),
+        many => anyhow::bail!("`{id}` matches {} members; give more of the id", many.len()),
+    }
+}
+
 async fn revoke(
     home: &Home,
     node: Option<&str>,
@@ -746,21 +810,7 @@ async fn revoke(
             home.dir().display()
         )
     })?;
-    let target: aether_identity::PublicKey = if id.starts_with("ed25519:") && id.len() > 50 {
-        id.parse()
-            .with_context(|| format!("`{id}` is not a node id"))?
-    } else {
-        let members: Vec<MemberJson> = client.json(Method::GET, "/v1/nodes", Bytes::new()).await?;
-        let matches: Vec<&MemberJson> = members
-            .iter()
-            .filter(|m| m.id.starts_with(id) || m.id.trim_start_matches("ed25519:").starts_with(id))
-            .collect();
-        match matches.as_slice() {
-            [one] => one.id.parse()?,
-            [] => anyhow::bail!("no member's id starts with `{id}` (see `alkahest nodes`)"),
-            many => anyhow::bail!("`{id}` matches {} members; give more of the id", many.len()),
-        }
-    };
+    let target = resolve_member(&client, id).await?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

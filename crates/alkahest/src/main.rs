@@ -4,6 +4,7 @@ mod commands;
 mod node_addr;
 mod output;
 mod project;
+mod rollouts;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,6 +86,9 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Print the rollout's id and return instead of following it to its end.
+        #[arg(long)]
+        detach: bool,
     },
     /// Show what a node runs.
     Status {
@@ -159,6 +163,47 @@ enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Rollouts: list them, read one, follow one, pause, resume or cancel one.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Move every replica off a node (placement stops using it), as a workflow; then it is
+    /// marked drained until `undrain`.
+    Drain {
+        /// The node's id or a unique prefix of it (`alkahest nodes`).
+        node: String,
+        /// Print the workflow's id and return instead of following it.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let placement use a drained node again (cancels a drain still running).
+    Undrain {
+        node: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The versions a component has had, oldest first; `*` marks the current one.
+    History {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Roll a component back to an earlier version (default: the one before the current one),
+    /// as a rollout.
+    Rollback {
+        name: String,
+        /// The version to go back to (`alkahest history NAME` lists them).
+        #[arg(long)]
+        to: Option<u32>,
+        /// Print the rollout's id and return instead of following it.
+        #[arg(long)]
+        detach: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the lattice's keys.
     Lattice {
         #[command(subcommand)]
@@ -224,6 +269,46 @@ enum KvCommand {
     /// The node's replica: entries, digest (equal on converged nodes), counters.
     Status {
         /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `alkahest rollout …`.
+#[derive(Debug, Subcommand)]
+enum RolloutCommand {
+    /// Every rollout this node knows of, oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One rollout: state, steps, takeovers, each node's progress.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a running rollout to its end (from any node).
+    Watch {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start no new step until resumed.
+    Pause {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go on after a pause.
+    Resume {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Undo what the rollout did and end it as cancelled.
+    Cancel {
+        id: String,
         #[arg(long)]
         json: bool,
     },

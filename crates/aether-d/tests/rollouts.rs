@@ -1,0 +1,264 @@
+//! Deployments as durable workflows, on real processes (127.0.0.150–158): a rollout reaches
+//! every node with no failed request, versions are kept and rolled back to, bad requests get
+//! clear refusals, a rollout whose driver is killed with SIGKILL finishes on another node, and a
+//! drain moves replicas off a node.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use aether_admin::client::ClientError;
+use bytes::Bytes;
+use common::block_on;
+use common::cluster::{Node, Operator, eventually, fixture, lattice, metric};
+use http::{Method, StatusCode};
+use serde_json::Value;
+
+fn probe_aetherfile(version: &str) -> String {
+    format!(
+        "name = \"roll\"\ncomponent = \"roll.wasm\"\n[http]\nroutes = [\"/\"]\n[env]\nVERSION = \"{version}\"\n"
+    )
+}
+
+fn start(node: &Node, essence: Vec<u8>) -> String {
+    let started = node.admin_json(Method::POST, "/v1/rollouts", essence);
+    started["rollout"]
+        .as_str()
+        .expect("a rollout id")
+        .to_string()
+}
+
+/// The rollout as `node` tells it, once it knows of it.
+fn try_status(node: &Node, id: &str) -> Option<Value> {
+    let path = format!("/v1/rollouts/{id}");
+    block_on(
+        node.client()
+            .json::<Value>(Method::GET, &path, Bytes::new()),
+    )
+    .ok()
+}
+
+fn wait_state(node: &Node, id: &str, state: &str, timeout: Duration) -> Value {
+    let mut last = Value::Null;
+    let waited = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eventually(&format!("rollout {id} is {state}"), timeout, || {
+            last = try_status(node, id).unwrap_or(Value::Null);
+            last["state"] == state
+        })
+    }));
+    assert!(
+        waited.is_ok(),
+        "rollout {id} never became {state}: {last:#}\n{}",
+        node.stderr()
+    );
+    last
+}
+
+/// The refusal status of a signed admin request that must fail.
+fn refused(node: &Node, method: Method, path: &str) -> (StatusCode, String) {
+    match block_on(node.client().json::<Value>(method, path, Bytes::new())) {
+        Err(ClientError::Api { status, message }) => (status, message),
+        other => panic!("{path} should be refused, got {other:?}"),
+    }
+}
+
+fn version_served(node: &Node) -> String {
+    let r = node.request("GET", "/env?name=VERSION", b"");
+    assert_eq!(r.status, 200, "{}", node.stderr());
+    r.body
+}
+
+#[test]
+fn rollouts_reach_every_node_keep_versions_and_roll_back() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let nodes = lattice(&[150, 151, 152], scratch.path(), &operator);
+
+    let v1 = operator.seal(&probe_aetherfile("1"), &fixture("probe"));
+    let first = start(&nodes[0], v1);
+    let done = wait_state(&nodes[2], &first, "finished", Duration::from_secs(120));
+    let names: Vec<&str> = done["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["verify", "distribute", "precompile", "switch", "retire"],
+        "{done}"
+    );
+    for n in &nodes {
+        assert_eq!(version_served(n), "1");
+    }
+
+    // A second version under load through another node: every answer is 200, old or new.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let http = nodes[2].http();
+    let load = {
+        let (stop, ok, bad) = (stop.clone(), ok.clone(), bad.clone());
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                match common::http::try_request(http, "GET", "/env?name=VERSION", &[], b"") {
+                    Ok(r) if r.status == 200 && (r.body == "1" || r.body == "2") => {
+                        ok.fetch_add(1, Ordering::Relaxed)
+                    }
+                    _ => bad.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    let v2 = operator.seal(&probe_aetherfile("2"), &fixture("probe"));
+    let second = start(&nodes[1], v2);
+    wait_state(&nodes[0], &second, "finished", Duration::from_secs(120));
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    eprintln!(
+        "during the second rollout: {} requests answered, {} failed",
+        ok.load(Ordering::Relaxed),
+        bad.load(Ordering::Relaxed)
+    );
+    assert!(ok.load(Ordering::Relaxed) > 0);
+    assert_eq!(
+        bad.load(Ordering::Relaxed),
+        0,
+        "no request fails during a rollout"
+    );
+    for n in &nodes {
+        assert_eq!(version_served(n), "2");
+    }
+
+    let history = nodes[2].admin_json(Method::GET, "/v1/history/roll", Vec::new());
+    let versions = history["versions"].as_array().expect("versions").clone();
+    assert_eq!(versions.len(), 2, "{history}");
+    assert_eq!(versions[1]["current"], true, "{history}");
+    assert_eq!(versions[1]["rollout"], second.as_str());
+
+    // Back to the version before: a rollout too.
+    let back = nodes[0].admin_json(Method::POST, "/v1/rollback/roll", Vec::new());
+    let back = back["rollout"].as_str().expect("rollout").to_string();
+    let end = wait_state(&nodes[1], &back, "finished", Duration::from_secs(120));
+    assert_eq!(end["reason"], "rollback to version 1", "{end}");
+    for n in &nodes {
+        assert_eq!(version_served(n), "1");
+    }
+    let history = nodes[1].admin_json(Method::GET, "/v1/history/roll", Vec::new());
+    assert_eq!(
+        history["versions"].as_array().map(Vec::len),
+        Some(3),
+        "{history}"
+    );
+
+    // Bad requests.
+    let (code, why) = refused(&nodes[0], Method::POST, "/v1/rollback/roll?to=9");
+    assert_eq!(code, StatusCode::NOT_FOUND, "{why}");
+    assert!(why.contains("no version 9"), "{why}");
+    let (code, why) = refused(&nodes[0], Method::GET, "/v1/rollouts/r-000000000000");
+    assert_eq!(code, StatusCode::NOT_FOUND, "{why}");
+    let (code, why) = refused(
+        &nodes[2],
+        Method::POST,
+        &format!("/v1/rollouts/{first}/cancel"),
+    );
+    assert_eq!(code, StatusCode::CONFLICT, "{why}");
+    assert!(why.contains("has ended (finished)"), "{why}");
+    let (code, why) = refused(&nodes[2], Method::POST, "/v1/rollback/nothing");
+    assert_eq!(code, StatusCode::NOT_FOUND, "{why}");
+    assert!(metric(&nodes[0].metrics(), "aether_workflow_steps_total") >= 1.0);
+}
+
+#[test]
+fn a_rollout_whose_driver_is_killed_finishes_on_another_node() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut nodes = lattice(&[153, 154, 155], scratch.path(), &operator);
+
+    // The Python component takes seconds to compile: the driver dies during the precompile step.
+    let aetherfile = "name = \"py\"\ncomponent = \"py.wasm\"\n[http]\nroutes = [\"/py\"]\n";
+    let essence = operator.seal(aetherfile, &fixture("hello-py"));
+    let id = start(&nodes[0], essence);
+    eventually("the precompile step runs", Duration::from_secs(60), || {
+        try_status(&nodes[1], &id).unwrap_or_default()["steps"]
+            .as_array()
+            .is_some_and(|s| {
+                s.iter()
+                    .any(|s| s["name"] == "precompile" && s["state"] == "running")
+            })
+    });
+    nodes[0].sigkill();
+    let end = wait_state(&nodes[1], &id, "finished", Duration::from_secs(240));
+    let leases = end["leases"].as_array().expect("leases");
+    assert!(leases.len() >= 2, "a takeover is recorded: {end}");
+    assert_ne!(
+        leases.last().expect("lease")["node"],
+        leases[0]["node"],
+        "{end}"
+    );
+    for n in &nodes[1..] {
+        let r = n.request("GET", "/py", b"");
+        assert_eq!(r.status, 200, "{}", n.stderr());
+        let misses = metric(&n.metrics(), "aether_compile_cache_misses_total");
+        assert_eq!(misses, 1.0, "each node compiled the new version once");
+    }
+    eprintln!(
+        "takeover: {}",
+        serde_json::to_string(&leases).unwrap_or_default()
+    );
+}
+
+#[test]
+fn a_drain_moves_replicas_off_a_node_and_undrain_lets_placement_use_it_again() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let nodes = lattice(&[156, 157, 158], scratch.path(), &operator);
+    let aetherfile = "name = \"one\"\ncomponent = \"one.wasm\"\n[http]\nroutes = [\"/one\"]\n[intent]\nreplicas = 1\n";
+    let id = start(&nodes[0], operator.seal(aetherfile, &fixture("hello-wstd")));
+    wait_state(&nodes[0], &id, "finished", Duration::from_secs(120));
+    let hosts = |n: &Node| -> Vec<String> {
+        let s = n.admin_json(Method::GET, "/v1/components/one", Vec::new());
+        s["placement"]["hosts"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|h| h["node"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut host = Vec::new();
+    eventually("the replica is placed", Duration::from_secs(30), || {
+        host = hosts(&nodes[0]);
+        host.len() == 1
+    });
+    let host = host.remove(0);
+    let other = nodes.iter().find(|n| n.id() != host).expect("another node");
+
+    let drain = other.admin_json(Method::POST, &format!("/v1/drain/{host}"), Vec::new());
+    let drain = drain["rollout"].as_str().expect("workflow id").to_string();
+    let end = wait_state(other, &drain, "finished", Duration::from_secs(120));
+    let names: Vec<&str> = end["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["cordon", "move", "mark-drained"], "{end}");
+    for n in &nodes {
+        let placed = hosts(n);
+        assert!(
+            !placed.contains(&host),
+            "{placed:?} still holds the drained node"
+        );
+        assert_eq!(n.request("GET", "/one", b"").status, 200);
+    }
+    let (code, why) = refused(other, Method::POST, &format!("/v1/drain/{host}x"));
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{why}");
+
+    let _ = other.admin_json(Method::DELETE, &format!("/v1/drain/{host}"), Vec::new());
+    let (code, why) = refused(other, Method::DELETE, &format!("/v1/drain/{host}"));
+    assert_eq!(code, StatusCode::NOT_FOUND, "{why}");
+}

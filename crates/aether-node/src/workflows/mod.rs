@@ -1,0 +1,21 @@
+//! Durable workflows on this node (DESIGN §3.6), on `aether-workflow`: rollouts (a deployment
+//! whose steps verify, distribute, precompile, switch to and retire a version of a component)
+//! and drains (a node's replicas moved elsewhere).
+//!
+//! - `drain`: `alkahest drain NODE`, the second kind (cordon, move, mark drained);
+//! - `plan`: what a rollout does next (pure, the same on every node);
+//! - `steps`: what each step does on the node that drives it;
+//! - `stage`: every node's part (fetch, compile, serve the staged version);
+//! - `records`: the state records besides the journal (stage, progress, history);
+//! - `service`: the engine's shell on this node;
+//! - `api`: `/v1/rollouts`, `/v1/history`, `/v1/rollback`, `/v1/drain`.
+
+pub(crate) mod api;
+mod drain;
+mod plan;
+mod records;
+pub(crate) mod service;
+mod stage;
+mod steps;
+
+pub(crate) use service::Workflows;

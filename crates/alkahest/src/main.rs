@@ -5,6 +5,7 @@ mod node_addr;
 mod output;
 mod project;
 mod rollouts;
+mod up;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -187,3 +187,14 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
         );
     }
 }
+
+/// Prints where a component answers.
+pub fn print_urls(http_addr: &str, c: &ComponentStatus) {
+    for route in &c.routes {
+        if route.starts_with('/') {
+            println!("  http://{http_addr}{route}");
+        } else {
+            println!("  http://{route} (via http://{http_addr}, Host: {route})");
+        }
+    }
+}

@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use aether_identity::SecretKey;
+use aether_identity::home::Home;
 use aether_manifest::Manifest;
 use anyhow::Context as _;
 
@@ -131,3 +133,23 @@ fn build_hint(stderr: &str) -> Option<&'static str> {
 
 /// Template files for `alkahest new`, taken from the example component.
 pub const TEMPLATE_LIB: &str = include_str!("../../../examples/hello/src/lib.rs");
+
+/// The publisher key in `home`, or how to make one.
+pub(crate) fn publisher_key(home: &Home) -> anyhow::Result<SecretKey> {
+    home.publisher_key().with_context(|| {
+        format!(
+            "no publisher key in {}; run `alkahest lattice init` (or set ALKAHEST_HOME)",
+            home.dir().display()
+        )
+    })
+}
+
+/// Builds the project (unless `no_build`) and seals it with the publisher key.
+pub(crate) fn seal(home: &Home, project: &Project, no_build: bool) -> anyhow::Result<Vec<u8>> {
+    if !no_build {
+        project.build()?;
+    }
+    let wasm = project.read_component()?;
+    let key = publisher_key(home)?;
+    Ok(aether_essence::seal(&project.manifest, &wasm, &key))
+}

@@ -114,7 +114,7 @@ pub async fn after_start(
     );
     let status: NodeStatus = client.json(Method::GET, "/v1/status", Bytes::new()).await?;
     if let Some(c) = &component {
-        crate::commands::print_urls(&status.http_addr, c);
+        crate::output::print_urls(&status.http_addr, c);
     }
     Ok(())
 }

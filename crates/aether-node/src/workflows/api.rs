@@ -21,9 +21,9 @@ use rand::RngCore as _;
 use serde_json::Value;
 
 use super::plan::{KIND, RolloutInput, RolloutPlanner};
+use super::records::now_ms;
 use super::records::{self, PROGRESS_BUCKET, Progress};
 use super::service::Workflows;
-use super::steps::now_ms;
 use crate::admin_response::{AdminBody, error, json};
 use crate::deployments::{DeployError, Deployments};
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::records;
-use super::steps::now_ms;
+use super::records::now_ms;
 use crate::deployments::Deployments;
 use crate::schedule::Schedule;
 

@@ -1,6 +1,8 @@
 //! The lattice-state records rollouts use besides their journal: the staged version every node
 //! prepares, each node's progress, the version served before a switch, and the history.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use aether_kv::KvHandle;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -120,4 +122,12 @@ pub(crate) async fn versions(kv: &KvHandle, component: &str) -> Vec<Version> {
         .collect();
     all.sort_by(|a, b| (a.switched_ms, &a.rollout).cmp(&(b.switched_ms, &b.rollout)));
     all
+}
+
+/// Milliseconds since the Unix epoch, on this node's clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -14,7 +14,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 
 use super::plan::{KIND, RolloutPlanner};
-use super::steps::{self, StepContext, now_ms};
+use super::records::now_ms;
+use super::steps::{self, StepContext};
 use crate::deployments::Deployments;
 use crate::replication::Replication;
 

@@ -2,7 +2,7 @@
 //! short by its driver's death runs again on the node that takes over.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aether_kv::KvHandle;
 use aether_mesh::{MemberStatus, MeshHandle};
@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::plan::{KIND, RolloutInput, SUPERSEDED};
 use super::records::{
     self, HISTORY_BUCKET, PREVIOUS_BUCKET, PROGRESS_BUCKET, Progress, STAGE_BUCKET, Stage, Version,
+    now_ms,
 };
 use crate::deployments::Deployments;
 use crate::replication::{self, DEPLOYMENTS_BUCKET, Replication};
@@ -33,13 +34,6 @@ pub(crate) struct StepContext {
     pub replication: Arc<Replication>,
     pub engine: Arc<Mutex<Engine>>,
     pub schedule: Arc<crate::schedule::Schedule>,
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Runs one step and returns its result.

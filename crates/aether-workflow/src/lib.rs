@@ -71,6 +71,7 @@
 mod engine;
 mod journal;
 pub mod record;
+pub mod saga;
 
 pub use engine::{
     Action, Config, Counters, Engine, Next, PlanContext, Planner, RECHECK_MS, StartError, Task,
@@ -81,3 +82,4 @@ pub use record::{
     BUCKET, Control, DecodeError, Definition, End, Epoch, Lease, LeaseReason, NodeId, Outcome,
     Record, StepRecord, StepResult,
 };
+pub use saga::Saga;

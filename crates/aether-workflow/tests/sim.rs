@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use aether_sim::{NetConfig, NodeId as SimId, Outbox, Process, SimTime, Simulation};
 use aether_workflow::{
-    Action, Config, Engine, Next, NodeId, Outcome, PlanContext, Planner, Record, StepRecord,
+    Action, Config, Engine, Next, NodeId, Outcome, PlanContext, Planner, Record, Saga, StepRecord,
     StepResult, Task,
 };
 use rand010::rngs::StdRng;
@@ -33,44 +33,28 @@ struct TestPlanner;
 impl Planner for TestPlanner {
     fn next(&self, input: &Value, steps: &[&StepRecord], ctx: &PlanContext) -> Next {
         let total = input["steps"].as_u64().unwrap_or(0) as usize;
-        let forward: Vec<&&StepRecord> = steps.iter().filter(|s| s.compensates.is_none()).collect();
-        let failed = forward.iter().any(|s| !s.result.is_ok());
-        if failed || (ctx.cancel_requested && forward.len() < total) {
-            let undone: BTreeSet<u32> = steps.iter().filter_map(|s| s.compensates).collect();
-            if let Some(s) = forward
-                .iter()
-                .rev()
-                .find(|s| s.result.is_ok() && !undone.contains(&s.index))
-            {
-                return Next::Step {
-                    name: format!("undo-{}", s.name),
-                    input: Value::Null,
-                    compensates: Some(s.index),
-                };
-            }
-            return Next::End {
-                outcome: if failed {
-                    Outcome::RolledBack
-                } else {
-                    Outcome::Cancelled
-                },
-                reason: if failed {
-                    "a step failed".into()
-                } else {
-                    "cancelled".into()
-                },
-            };
+        let names: Vec<String> = (0..total).map(|i| format!("s{i}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let saga = Saga::of(steps);
+        if let Some(next) = saga.next_forward(&names, ctx.cancel_requested) {
+            return next;
         }
-        if forward.len() < total {
-            return Next::Step {
-                name: format!("s{}", forward.len()),
-                input: json!(forward.len()),
-                compensates: None,
-            };
+        if let Some(next) = saga.next_undo(|s| s.result.is_ok().then(|| format!("undo-{}", s.name)))
+        {
+            return next;
         }
+        let failed = saga.failure.is_some();
         Next::End {
-            outcome: Outcome::Finished,
-            reason: String::new(),
+            outcome: if failed {
+                Outcome::RolledBack
+            } else {
+                Outcome::Cancelled
+            },
+            reason: if failed {
+                "a step failed".into()
+            } else {
+                "cancelled".into()
+            },
         }
     }
 }

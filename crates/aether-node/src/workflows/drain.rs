@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aether_identity::PublicKey;
 use aether_kv::KvHandle;
-use aether_workflow::{Next, Outcome, PlanContext, Planner, StepRecord, StepResult};
+use aether_workflow::{Next, Outcome, PlanContext, Planner, Saga, StepRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -53,38 +53,18 @@ pub(crate) struct DrainPlanner;
 
 impl Planner for DrainPlanner {
     fn next(&self, _input: &Value, steps: &[&StepRecord], ctx: &PlanContext) -> Next {
-        let forward: Vec<&&StepRecord> = steps.iter().filter(|s| s.compensates.is_none()).collect();
-        let failure = forward.iter().find_map(|s| match &s.result {
-            StepResult::Err(e) => Some(format!("{}: {e}", s.name)),
-            StepResult::Ok(_) => None,
-        });
-        if failure.is_none() && (forward.len() >= STEPS.len() || !ctx.cancel_requested) {
-            return match STEPS.get(forward.len()) {
-                Some(name) => Next::Step {
-                    name: (*name).to_string(),
-                    input: Value::Null,
-                    compensates: None,
-                },
-                None => Next::End {
-                    outcome: Outcome::Finished,
-                    reason: String::new(),
-                },
-            };
+        let saga = Saga::of(steps);
+        if let Some(next) = saga.next_forward(&STEPS, ctx.cancel_requested) {
+            return next;
         }
-        let undone: BTreeSet<u32> = steps.iter().filter_map(|s| s.compensates).collect();
-        if let Some(cordon) = forward.iter().find(|s| s.name == "cordon")
-            && !undone.contains(&cordon.index)
+        if let Some(next) = saga.next_undo(|s| (s.name == "cordon").then(|| "uncordon".to_string()))
         {
-            return Next::Step {
-                name: "uncordon".into(),
-                input: Value::Null,
-                compensates: Some(cordon.index),
-            };
+            return next;
         }
-        match failure {
-            Some(reason) => Next::End {
+        match saga.failure {
+            Some((step, e)) => Next::End {
                 outcome: Outcome::RolledBack,
-                reason,
+                reason: format!("{step}: {e}"),
             },
             None => Next::End {
                 outcome: Outcome::Cancelled,

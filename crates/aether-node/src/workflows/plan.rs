@@ -10,9 +10,7 @@
 //! `rolled-back` when the switch was undone, `superseded` when a newer rollout of the component
 //! (or the owner of a route) took its place, `cancelled` on request.
 
-use std::collections::BTreeSet;
-
-use aether_workflow::{Next, Outcome, PlanContext, Planner, StepRecord};
+use aether_workflow::{Next, Outcome, PlanContext, Planner, Saga, StepRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -47,48 +45,23 @@ pub(crate) struct RolloutPlanner;
 
 impl Planner for RolloutPlanner {
     fn next(&self, _input: &Value, steps: &[&StepRecord], ctx: &PlanContext) -> Next {
-        let forward: Vec<&&StepRecord> = steps.iter().filter(|s| s.compensates.is_none()).collect();
-        let failure = forward.iter().find_map(|s| match &s.result {
-            aether_workflow::StepResult::Err(e) => Some((s.name.as_str(), e.as_str())),
-            aether_workflow::StepResult::Ok(_) => None,
-        });
-        let all_done = forward.len() >= STEPS.len();
-        if failure.is_none() && (all_done || !ctx.cancel_requested) {
-            return match STEPS.get(forward.len()) {
-                Some(name) => Next::Step {
-                    name: (*name).to_string(),
-                    input: Value::Null,
-                    compensates: None,
-                },
-                None => Next::End {
-                    outcome: Outcome::Finished,
-                    reason: String::new(),
-                },
-            };
+        let saga = Saga::of(steps);
+        if let Some(next) = saga.next_forward(&STEPS, ctx.cancel_requested) {
+            return next;
         }
-        let superseded = failure.is_some_and(|(_, e)| e.starts_with(SUPERSEDED));
-        let undone: BTreeSet<u32> = steps.iter().filter_map(|s| s.compensates).collect();
-        for s in forward.iter().rev() {
-            if undone.contains(&s.index) {
-                continue;
-            }
-            // A switch is undone even when it failed (its record may have been written), but not
-            // when another deployment took the route or the name: the winner's record stays.
-            let undo = match s.name.as_str() {
-                "switch" if !superseded => Some("switch-back"),
-                "distribute" => Some("unstage"),
-                _ => None,
-            };
-            if let Some(undo) = undo {
-                return Next::Step {
-                    name: undo.to_string(),
-                    input: Value::Null,
-                    compensates: Some(s.index),
-                };
-            }
+        let superseded = saga.failure.is_some_and(|(_, e)| e.starts_with(SUPERSEDED));
+        // A switch is undone even when it failed (its record may have been written), but not
+        // when another deployment took the route or the name: the winner's record stays.
+        let undo = |s: &StepRecord| match s.name.as_str() {
+            "switch" if !superseded => Some("switch-back".to_string()),
+            "distribute" => Some("unstage".to_string()),
+            _ => None,
+        };
+        if let Some(next) = saga.next_undo(undo) {
+            return next;
         }
-        let switched = forward.iter().any(|s| s.name == "switch");
-        match failure {
+        let switched = saga.forward.iter().any(|s| s.name == "switch");
+        match saga.failure {
             Some((_, e)) if superseded => Next::End {
                 outcome: Outcome::Superseded,
                 reason: e.trim_start_matches(SUPERSEDED).to_string(),

@@ -252,15 +252,7 @@ async fn switch(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result<Val
         if let Some(p) = &previous {
             record.deployed_at = p.deployed_at;
         }
-        let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-        ctx.kv
-            .put(
-                DEPLOYMENTS_BUCKET,
-                input.component.as_bytes(),
-                Some(value.into()),
-            )
-            .await
-            .map_err(|e| format!("cannot write the deployment record: {e}"))?;
+        records::write(&ctx.kv, DEPLOYMENTS_BUCKET, &input.component, &record).await?;
     }
     let started = Instant::now();
     loop {
@@ -334,15 +326,7 @@ async fn switch_back(ctx: &StepContext, id: &str, input: &RolloutInput) -> Resul
     }
     match previous.flatten() {
         Some(p) => {
-            let value = serde_json::to_vec(&p).map_err(|e| e.to_string())?;
-            ctx.kv
-                .put(
-                    DEPLOYMENTS_BUCKET,
-                    input.component.as_bytes(),
-                    Some(value.into()),
-                )
-                .await
-                .map_err(|e| format!("cannot restore the deployment record: {e}"))?;
+            records::write(&ctx.kv, DEPLOYMENTS_BUCKET, &input.component, &p).await?;
             Ok(json!({ "restored": p.essence_hash }))
         }
         None => {

@@ -153,6 +153,50 @@ fn rollouts_reach_every_node_keep_versions_and_roll_back() {
         "{history}"
     );
 
+    // Two rollouts of one component started at once on two nodes: the later one wins on every
+    // node, the other ends superseded and says why.
+    let v3 = operator.seal(&probe_aetherfile("3"), &fixture("probe"));
+    let v4 = operator.seal(&probe_aetherfile("4"), &fixture("probe"));
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(&nodes[0], v3));
+        let b = s.spawn(|| start(&nodes[2], v4));
+        (a.join().expect("start"), b.join().expect("start"))
+    });
+    let mut ends = Vec::new();
+    for id in [&a, &b] {
+        let mut last = Value::Null;
+        eventually("both rollouts end", Duration::from_secs(120), || {
+            last = try_status(&nodes[1], id).unwrap_or(Value::Null);
+            last["state"] != "running" && !last["state"].is_null()
+        });
+        ends.push(last);
+    }
+    let states: Vec<&str> = ends.iter().filter_map(|e| e["state"].as_str()).collect();
+    assert!(
+        states == ["finished", "superseded"] || states == ["superseded", "finished"],
+        "{ends:#?}"
+    );
+    let loser = ends
+        .iter()
+        .find(|e| e["state"] == "superseded")
+        .expect("a loser");
+    assert!(
+        loser["outcome_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("started later")),
+        "{loser}"
+    );
+    let winner = if ends[0]["state"] == "finished" {
+        "3"
+    } else {
+        "4"
+    };
+    eventually(
+        "every node serves the winner",
+        Duration::from_secs(30),
+        || nodes.iter().all(|n| version_served(n) == winner),
+    );
+
     // Bad requests.
     let (code, why) = refused(&nodes[0], Method::POST, "/v1/rollback/roll?to=9");
     assert_eq!(code, StatusCode::NOT_FOUND, "{why}");

@@ -8,7 +8,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Bucket of staged versions: component name → [`Stage`].
+/// Bucket of staged versions: `COMPONENT/ROLLOUT` → [`Stage`] (one key per rollout, so two
+/// rollouts of one component never overwrite each other's).
 pub(crate) const STAGE_BUCKET: &str = "sys:stage";
 /// Bucket of each node's progress: `ROLLOUT/NODE` → [`Progress`].
 pub(crate) const PROGRESS_BUCKET: &str = "sys:stage-progress";
@@ -30,6 +31,18 @@ pub(crate) struct Stage {
     pub size: u64,
     /// The key that signed it.
     pub publisher: String,
+}
+
+impl Stage {
+    /// Its key in [`STAGE_BUCKET`].
+    pub(crate) fn key(&self) -> String {
+        stage_key(&self.component, &self.rollout)
+    }
+}
+
+/// The key in [`STAGE_BUCKET`] of `rollout`'s version of `component`.
+pub(crate) fn stage_key(component: &str, rollout: &str) -> String {
+    format!("{component}/{rollout}")
 }
 
 /// One node's progress with a staged version.

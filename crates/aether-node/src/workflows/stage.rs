@@ -146,7 +146,7 @@ async fn prepare(
         }
     }
     // Served once the lattice's deployment record names it and this node deployed it; given
-    // up when the staging record no longer names this rollout (retired, undone, replaced).
+    // up when the rollout's staging record is gone (retired or undone).
     loop {
         if deployments
             .get(&stage.component)
@@ -156,8 +156,8 @@ async fn prepare(
             report(kv, key, &progress).await;
             return;
         }
-        let still: Option<Stage> = records::read(kv, STAGE_BUCKET, &stage.component).await;
-        if still.is_none_or(|s| s.rollout != stage.rollout) {
+        let still: Option<Stage> = records::read(kv, STAGE_BUCKET, &stage.key()).await;
+        if still.is_none() {
             return;
         }
         tokio::time::sleep(SERVING_POLL).await;

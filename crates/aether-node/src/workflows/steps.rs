@@ -130,9 +130,9 @@ async fn distribute(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result
         size: input.size,
         publisher: input.publisher.clone(),
     };
-    let current: Option<Stage> = records::read(&ctx.kv, STAGE_BUCKET, &input.component).await;
+    let current: Option<Stage> = records::read(&ctx.kv, STAGE_BUCKET, &stage.key()).await;
     if current.as_ref() != Some(&stage) {
-        records::write(&ctx.kv, STAGE_BUCKET, &input.component, &stage).await?;
+        records::write(&ctx.kv, STAGE_BUCKET, &stage.key(), &stage).await?;
     }
     wait_for(ctx, id, input, "fetch", DISTRIBUTE_TIMEOUT, |p| p.fetched).await
 }
@@ -336,11 +336,14 @@ async fn switch_back(ctx: &StepContext, id: &str, input: &RolloutInput) -> Resul
     }
 }
 
-/// Drops the staging record if it is still this rollout's.
+/// Drops this rollout's staging record.
 async fn unstage(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result<Value, String> {
-    let current: Option<Stage> = records::read(&ctx.kv, STAGE_BUCKET, &input.component).await;
-    if current.is_some_and(|s| s.rollout == id) {
-        records::delete(&ctx.kv, STAGE_BUCKET, &input.component).await?;
+    let key = records::stage_key(&input.component, id);
+    if records::read::<Stage>(&ctx.kv, STAGE_BUCKET, &key)
+        .await
+        .is_some()
+    {
+        records::delete(&ctx.kv, STAGE_BUCKET, &key).await?;
     }
     Ok(Value::Null)
 }

@@ -1,4 +1,4 @@
-//! Deployments as durable workflows, on real processes (127.0.0.150–158): a rollout reaches
+//! Deployments as durable workflows, on real processes (127.0.0.231–239): a rollout reaches
 //! every node with no failed request, versions are kept and rolled back to, bad requests get
 //! clear refusals, a rollout whose driver is killed with SIGKILL finishes on another node, and a
 //! drain moves replicas off a node.
@@ -74,7 +74,7 @@ fn version_served(node: &Node) -> String {
 fn rollouts_reach_every_node_keep_versions_and_roll_back() {
     let operator = Operator::new();
     let scratch = tempfile::tempdir().expect("scratch");
-    let nodes = lattice(&[150, 151, 152], scratch.path(), &operator);
+    let nodes = lattice(&[231, 232, 233], scratch.path(), &operator);
 
     let v1 = operator.seal(&probe_aetherfile("1"), &fixture("probe"));
     let first = start(&nodes[0], v1);
@@ -219,7 +219,7 @@ fn rollouts_reach_every_node_keep_versions_and_roll_back() {
 fn a_rollout_whose_driver_is_killed_finishes_on_another_node() {
     let operator = Operator::new();
     let scratch = tempfile::tempdir().expect("scratch");
-    let mut nodes = lattice(&[153, 154, 155], scratch.path(), &operator);
+    let mut nodes = lattice(&[234, 235, 236], scratch.path(), &operator);
 
     // The Python component takes seconds to compile: the driver dies during the precompile step.
     let aetherfile = "name = \"py\"\ncomponent = \"py.wasm\"\n[http]\nroutes = [\"/py\"]\n";
@@ -258,7 +258,7 @@ fn a_rollout_whose_driver_is_killed_finishes_on_another_node() {
 fn a_drain_moves_replicas_off_a_node_and_undrain_lets_placement_use_it_again() {
     let operator = Operator::new();
     let scratch = tempfile::tempdir().expect("scratch");
-    let nodes = lattice(&[156, 157, 158], scratch.path(), &operator);
+    let nodes = lattice(&[237, 238, 239], scratch.path(), &operator);
     let aetherfile = "name = \"one\"\ncomponent = \"one.wasm\"\n[http]\nroutes = [\"/one\"]\n[intent]\nreplicas = 1\n";
     let id = start(&nodes[0], operator.seal(aetherfile, &fixture("hello-wstd")));
     wait_state(&nodes[0], &id, "finished", Duration::from_secs(120));

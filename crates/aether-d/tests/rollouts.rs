@@ -1,4 +1,4 @@
-//! Deployments as durable workflows, on real processes (127.0.0.231–239): a rollout reaches
+//! Deployments as durable workflows, on real processes (127.0.0.231–242): a rollout reaches
 //! every node with no failed request, versions are kept and rolled back to, bad requests get
 //! clear refusals, a rollout whose driver is killed with SIGKILL finishes on another node, and a
 //! drain moves replicas off a node.
@@ -305,4 +305,87 @@ fn a_drain_moves_replicas_off_a_node_and_undrain_lets_placement_use_it_again() {
     let _ = other.admin_json(Method::DELETE, &format!("/v1/drain/{host}"), Vec::new());
     let (code, why) = refused(other, Method::DELETE, &format!("/v1/drain/{host}"));
     assert_eq!(code, StatusCode::NOT_FOUND, "{why}");
+}
+
+#[test]
+fn a_route_two_rollouts_claim_goes_to_one_and_an_essence_nobody_holds_fails_the_rollout() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let nodes = lattice(&[240, 241, 242], scratch.path(), &operator);
+
+    // Two components claiming one route, rolled out at once through two nodes.
+    let claim = |name: &str| {
+        format!("name = \"{name}\"\ncomponent = \"{name}.wasm\"\n[http]\nroutes = [\"/same\"]\n")
+    };
+    let (a, b) = (
+        operator.seal(&claim("left"), &fixture("hello-wstd")),
+        operator.seal(&claim("right"), &fixture("hello-wstd")),
+    );
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start(&nodes[0], a));
+        let b = s.spawn(|| start(&nodes[1], b));
+        (a.join().expect("start"), b.join().expect("start"))
+    });
+    let mut states = Vec::new();
+    for id in [&a, &b] {
+        let mut last = Value::Null;
+        eventually("both rollouts end", Duration::from_secs(120), || {
+            last = try_status(&nodes[2], id).unwrap_or(Value::Null);
+            last["state"] != "running" && !last["state"].is_null()
+        });
+        states.push(last);
+    }
+    let finished: Vec<&Value> = states.iter().filter(|s| s["state"] == "finished").collect();
+    let superseded: Vec<&Value> = states
+        .iter()
+        .filter(|s| s["state"] == "superseded")
+        .collect();
+    assert_eq!((finished.len(), superseded.len()), (1, 1), "{states:#?}");
+    assert!(
+        superseded[0]["outcome_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("belongs to a component deployed first")),
+        "{states:#?}"
+    );
+    for n in &nodes {
+        assert_eq!(n.request("GET", "/same", b"").status, 200);
+    }
+
+    // A rollback to a version whose essence no node holds any more (its kept copies deleted):
+    // the rollout fails with that reason and the current version goes on serving.
+    let keep = |v: &str| {
+        format!(
+            "name = \"keep\"\ncomponent = \"keep.wasm\"\n[http]\nroutes = [\"/keep\"]\n[env]\nV = \"{v}\"\n"
+        )
+    };
+    for v in ["1", "2"] {
+        let id = start(&nodes[1], operator.seal(&keep(v), &fixture("hello-wstd")));
+        wait_state(&nodes[1], &id, "finished", Duration::from_secs(60));
+    }
+    let history = nodes[2].admin_json(Method::GET, "/v1/history/keep", Vec::new());
+    let gone = history["versions"][0]["essence_hash"]
+        .as_str()
+        .expect("version 1")
+        .to_string();
+    for n in &nodes {
+        let kept = n
+            .data
+            .join("essences")
+            .join("by-hash")
+            .join(format!("{gone}.essence"));
+        std::fs::remove_file(&kept).unwrap_or_else(|e| panic!("{}: {e}", kept.display()));
+    }
+    let back = nodes[2].admin_json(Method::POST, "/v1/rollback/keep?to=1", Vec::new());
+    let back = back["rollout"].as_str().expect("rollout").to_string();
+    let end = wait_state(&nodes[0], &back, "failed", Duration::from_secs(120));
+    assert!(
+        end["outcome_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no member could send essence")),
+        "{end:#}"
+    );
+    for n in &nodes {
+        let r = n.request("GET", "/keep", b"");
+        assert_eq!(r.status, 200, "the current version still serves");
+    }
 }

@@ -16,6 +16,7 @@ use aether_workflow::{Journal, LeaseReason, NodeId, Planner, StepResult};
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use std::str::FromStr as _;
+use std::sync::Arc;
 
 use rand::RngCore as _;
 use serde_json::Value;
@@ -35,7 +36,7 @@ fn node_text(id: &NodeId) -> String {
 
 /// Serves one rollout request; `segments` is the path after `v1`.
 pub(crate) async fn handle(
-    workflows: &Workflows,
+    workflows: &Arc<Workflows>,
     deployments: &Deployments,
     caller: &aether_identity::PublicKey,
     method: &Method,
@@ -87,7 +88,7 @@ pub(crate) async fn handle(
             });
             rollback(workflows, caller, name, to.as_deref()).await
         }
-        (&Method::POST, ["drain", node]) => drain(workflows, caller, node),
+        (&Method::POST, ["drain", node]) => drain(workflows, caller, node).await,
         (&Method::DELETE, ["drain", node]) => undrain(workflows, node).await,
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
@@ -109,8 +110,8 @@ fn running_drains(workflows: &Workflows, node: &str) -> Vec<String> {
         .collect()
 }
 
-fn drain(
-    workflows: &Workflows,
+async fn drain(
+    workflows: &Arc<Workflows>,
     caller: &aether_identity::PublicKey,
     node: &str,
 ) -> Response<AdminBody> {
@@ -140,7 +141,7 @@ fn drain(
     {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    workflows.wake();
+    workflows.flush().await;
     tracing::info!(workflow = %id, %node, "drain started");
     json(
         StatusCode::ACCEPTED,
@@ -180,7 +181,7 @@ fn new_id() -> String {
     format!("r-{}", hex::encode(bytes))
 }
 
-fn begin(workflows: &Workflows, input: &RolloutInput) -> Response<AdminBody> {
+async fn begin(workflows: &Arc<Workflows>, input: &RolloutInput) -> Response<AdminBody> {
     let id = new_id();
     let value = match serde_json::to_value(input) {
         Ok(v) => v,
@@ -189,7 +190,8 @@ fn begin(workflows: &Workflows, input: &RolloutInput) -> Response<AdminBody> {
     if let Err(e) = workflows.engine().start(&id, KIND, value, now_ms()) {
         return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    workflows.wake();
+    // The id is handed out once the rollout is durable here.
+    workflows.flush().await;
     tracing::info!(rollout = %id, component = %input.component, reason = %input.reason, "rollout started");
     json(
         StatusCode::ACCEPTED,
@@ -202,7 +204,7 @@ fn begin(workflows: &Workflows, input: &RolloutInput) -> Response<AdminBody> {
 }
 
 async fn start(
-    workflows: &Workflows,
+    workflows: &Arc<Workflows>,
     deployments: &Deployments,
     caller: &aether_identity::PublicKey,
     essence: &[u8],
@@ -232,7 +234,7 @@ async fn start(
         deployed_by: caller.to_string(),
         reason: "deploy".into(),
     };
-    begin(workflows, &input)
+    begin(workflows, &input).await
 }
 
 fn control(workflows: &Workflows, id: &str, action: &str) -> Response<AdminBody> {
@@ -288,7 +290,7 @@ async fn history(workflows: &Workflows, name: &str) -> Vec<VersionJson> {
 }
 
 async fn rollback(
-    workflows: &Workflows,
+    workflows: &Arc<Workflows>,
     caller: &aether_identity::PublicKey,
     name: &str,
     to: Option<&str>,
@@ -358,7 +360,7 @@ async fn rollback(
         deployed_by: caller.to_string(),
         reason: format!("rollback to version {}", target.version),
     };
-    begin(workflows, &input)
+    begin(workflows, &input).await
 }
 
 /// What the journal of `id` and the nodes' progress say.

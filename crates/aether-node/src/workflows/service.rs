@@ -82,6 +82,8 @@ pub(crate) struct Workflows {
     engine: Arc<Mutex<Engine>>,
     kv: KvHandle,
     wake: Notify,
+    /// Held while the engine's actions are carried out, so writes leave in the engine's order.
+    turning: tokio::sync::Mutex<()>,
     steps: Arc<StepContext>,
     /// Its metrics.
     pub(crate) metrics: WorkflowMetrics,
@@ -110,6 +112,7 @@ impl Workflows {
             engine: engine.clone(),
             kv: kv.clone(),
             wake: Notify::new(),
+            turning: tokio::sync::Mutex::new(()),
             steps: Arc::new(StepContext {
                 kv: kv.clone(),
                 mesh: mesh.clone(),
@@ -217,8 +220,15 @@ impl Workflows {
         }
     }
 
+    /// Carries out at once what the engine asks, and returns once its records are durable on
+    /// this node (a new workflow's definition and lease, before its id is handed out).
+    pub(crate) async fn flush(self: &Arc<Self>) {
+        self.turn().await;
+    }
+
     /// Polls the engine and carries out what it asks.
     async fn turn(self: &Arc<Self>) {
+        let _turning = self.turning.lock().await;
         let actions: Vec<Action> = {
             let mut engine = self.engine();
             engine.poll(now_ms());

@@ -252,6 +252,76 @@ fn a_rollout_whose_driver_is_killed_finishes_on_another_node() {
         "takeover: {}",
         serde_json::to_string(&leases).unwrap_or_default()
     );
+
+    // At a step boundary: the rollout is paused between two steps, its driver killed there,
+    // and resumed through the last node; the steps done before the kill are not run again.
+    // Hold the rollout once its distribute step runs (every node then holds the essence, which
+    // the survivor needs); should it finish first, try again with another version.
+    let mut held = None;
+    for attempt in 0..3 {
+        let v = operator.seal(&probe_aetherfile(&format!("b{attempt}")), &fixture("probe"));
+        let id = start(&nodes[1], v);
+        let steps = |state: &str| -> Vec<Value> {
+            try_status(&nodes[1], &id).unwrap_or_default()["steps"]
+                .as_array()
+                .map(|s| s.iter().filter(|s| s["state"] == state).cloned().collect())
+                .unwrap_or_default()
+        };
+        eventually(
+            "the distribute step runs or is done",
+            Duration::from_secs(60),
+            || {
+                steps("done").len() >= 2
+                    || steps("running").iter().any(|s| s["name"] == "distribute")
+            },
+        );
+        let _ = nodes[1].admin_json(
+            Method::POST,
+            &format!("/v1/rollouts/{id}/pause"),
+            Vec::new(),
+        );
+        // Paused between two steps: nothing more is recorded.
+        let mut done = steps("done");
+        eventually("the rollout holds still", Duration::from_secs(60), || {
+            std::thread::sleep(Duration::from_millis(700));
+            let now = steps("done");
+            let still = now.len() == done.len();
+            done = now;
+            still
+        });
+        if done.len() < 5 {
+            held = Some((id, done, format!("b{attempt}")));
+            break;
+        }
+    }
+    let (id, done, version) = held.expect("a rollout held between two steps in 3 attempts");
+    nodes[1].sigkill();
+    let _ = nodes[2].admin_json(
+        Method::POST,
+        &format!("/v1/rollouts/{id}/resume"),
+        Vec::new(),
+    );
+    let end = wait_state(&nodes[2], &id, "finished", Duration::from_secs(120));
+    let steps = end["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 5, "{end:#}");
+    for (before, after) in done.iter().zip(steps) {
+        assert_eq!(
+            before["epoch"], after["epoch"],
+            "a step done before the kill ran again: {end:#}"
+        );
+        assert_eq!(before["finished_ms"], after["finished_ms"], "{end:#}");
+    }
+    assert!(
+        steps[done.len()..]
+            .iter()
+            .all(|s| s["epoch"].as_u64() > Some(1)),
+        "the steps after the kill ran under the new epoch: {end:#}"
+    );
+    assert_eq!(version_served(&nodes[2]), version);
+    eprintln!(
+        "paused and killed after {} steps; resumed there",
+        done.len()
+    );
 }
 
 #[test]

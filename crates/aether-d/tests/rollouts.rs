@@ -1,4 +1,4 @@
-//! Deployments as durable workflows, on real processes (127.0.0.231–242): a rollout reaches
+//! Deployments as durable workflows, on real processes (127.0.0.231–245): a rollout reaches
 //! every node with no failed request, versions are kept and rolled back to, bad requests get
 //! clear refusals, a rollout whose driver is killed with SIGKILL finishes on another node, and a
 //! drain moves replicas off a node.
@@ -457,5 +457,83 @@ fn a_route_two_rollouts_claim_goes_to_one_and_an_essence_nobody_holds_fails_the_
     for n in &nodes {
         let r = n.request("GET", "/keep", b"");
         assert_eq!(r.status, 200, "the current version still serves");
+    }
+}
+
+#[test]
+fn rollouts_of_one_component_on_both_sides_of_a_partition_end_with_one_winner_everywhere() {
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let nodes = lattice(&[243, 244, 245], scratch.path(), &operator);
+    let first = start(
+        &nodes[0],
+        operator.seal(&probe_aetherfile("1"), &fixture("probe")),
+    );
+    wait_state(&nodes[2], &first, "finished", Duration::from_secs(60));
+    let ids: Vec<String> = nodes.iter().map(Node::id).collect();
+    let sees_dead = |n: &Node, id: &str| {
+        n.members()
+            .iter()
+            .any(|m| m["id"] == id && m["state"] != "alive" && m["state"] != "suspect")
+    };
+
+    let (near, far) = {
+        let _partition =
+            common::partition::Partition::new(&[nodes[0].ip], &[nodes[1].ip, nodes[2].ip]);
+        eventually(
+            "each side sees the other dead",
+            Duration::from_secs(60),
+            || {
+                sees_dead(&nodes[0], &ids[1])
+                    && sees_dead(&nodes[0], &ids[2])
+                    && sees_dead(&nodes[1], &ids[0])
+            },
+        );
+        // The near side starts first and is held before its switch; the far side starts later
+        // and finishes; then the near side switches, later than the far side did, so the
+        // state's merge rule alone would keep the near side's record. The far side's rollout,
+        // started later, must win.
+        let near = start(
+            &nodes[0],
+            operator.seal(&probe_aetherfile("near"), &fixture("probe")),
+        );
+        let _ = nodes[0].admin_json(
+            Method::POST,
+            &format!("/v1/rollouts/{near}/pause"),
+            Vec::new(),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        let far = start(
+            &nodes[1],
+            operator.seal(&probe_aetherfile("far"), &fixture("probe")),
+        );
+        wait_state(&nodes[1], &far, "finished", Duration::from_secs(60));
+        let _ = nodes[0].admin_json(
+            Method::POST,
+            &format!("/v1/rollouts/{near}/resume"),
+            Vec::new(),
+        );
+        wait_state(&nodes[0], &near, "finished", Duration::from_secs(60));
+        assert_eq!(version_served(&nodes[0]), "near");
+        assert_eq!(version_served(&nodes[2]), "far");
+        (near, far)
+    };
+    eventually("the lattice heals", Duration::from_secs(90), || {
+        nodes.iter().all(|n| n.sees_alive(&ids))
+    });
+    eventually(
+        "every node serves the later rollout's version",
+        Duration::from_secs(60),
+        || nodes.iter().all(|n| version_served(n) == "far"),
+    );
+    for n in &nodes {
+        let near = wait_state(n, &near, "superseded", Duration::from_secs(30));
+        assert!(
+            near["outcome_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&far)),
+            "{near:#}"
+        );
+        wait_state(n, &far, "finished", Duration::from_secs(30));
     }
 }

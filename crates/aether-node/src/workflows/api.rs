@@ -426,10 +426,18 @@ pub(crate) async fn status(workflows: &Workflows, id: &str) -> Option<RolloutSta
             });
         }
     }
-    let state = match (&end, control.paused) {
-        (Some(e), _) => e.outcome.as_str().to_string(),
-        (None, true) => "paused".into(),
-        (None, false) => "running".into(),
+    let superseded_by = super::reconcile::superseded_by(&workflows.engine(), id);
+    let mut outcome_reason = end.as_ref().map(|e| e.reason.clone()).unwrap_or_default();
+    let state = match (&end, control.paused, &superseded_by) {
+        (Some(_), _, Some(later)) => {
+            outcome_reason = format!(
+                "rollout {later} of the same component started while this one ran (on the other side of a partition) and finished: its version serves"
+            );
+            "superseded".to_string()
+        }
+        (Some(e), _, None) => e.outcome.as_str().to_string(),
+        (None, true, _) => "paused".into(),
+        (None, false, _) => "running".into(),
     };
     Some(RolloutStatusJson {
         id: id.to_string(),
@@ -444,7 +452,7 @@ pub(crate) async fn status(workflows: &Workflows, id: &str) -> Option<RolloutSta
             .unwrap_or_default(),
         reason: input.as_ref().map(|i| i.reason.clone()).unwrap_or_default(),
         state,
-        outcome_reason: end.as_ref().map(|e| e.reason.clone()).unwrap_or_default(),
+        outcome_reason,
         started_ms: def.created_ms,
         started_by: node_text(&def.created_by),
         ended_ms: end.as_ref().map(|e| e.at_ms),

@@ -6,6 +6,7 @@
 //! - `plan`: what a rollout does next (pure, the same on every node);
 //! - `steps`: what each step does on the node that drives it;
 //! - `stage`: every node's part (fetch, compile, serve the staged version);
+//! - `reconcile`: after a partition, the later of two rollouts of one component wins;
 //! - `records`: the state records besides the journal (stage, progress, history);
 //! - `service`: the engine's shell on this node;
 //! - `api`: `/v1/rollouts`, `/v1/history`, `/v1/rollback`, `/v1/drain`.
@@ -13,6 +14,7 @@
 pub(crate) mod api;
 mod drain;
 mod plan;
+mod reconcile;
 mod records;
 pub(crate) mod service;
 mod stage;

@@ -131,7 +131,15 @@ impl Workflows {
             deployments,
             replication,
         ));
-        tokio::spawn(super::drain::follow(kv, schedule));
+        tokio::spawn(super::drain::follow(kv.clone(), schedule));
+        let engine = this.engine.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(super::reconcile::EVERY);
+            loop {
+                tick.tick().await;
+                super::reconcile::once(&kv, &engine).await;
+            }
+        });
         Ok(this)
     }
 

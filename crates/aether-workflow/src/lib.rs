@@ -32,9 +32,11 @@
 //!
 //! A holder stops driving, before its next step, when it sees a record of a higher epoch, when
 //! the workflow has an end, or when its own lease has lapsed on its clock (it was paused, or its
-//! clock jumped): it renews a live lease, never a lapsed one. A node that restarts while it held
-//! a lease takes its work back under a new epoch after [`Config::grace_ms`], unless another took
-//! over meanwhile.
+//! clock jumped): it renews a live lease, never a lapsed one, and takes its work back under a
+//! new epoch [`Config::grace_ms`] later unless another node took it meanwhile. A node that has
+//! just started takes over nothing for [`Config::startup_hold_ms`] (5 s), so the records
+//! written while it was down reach it first; then it takes back work it held before its
+//! restart under a new epoch, unless another took over meanwhile.
 //!
 //! # What is guaranteed
 //!

@@ -3,7 +3,7 @@
 //! Every node samples, every [`SAMPLE`], how many instances of each
 //! deployment it runs, and counts the requests it served; it answers peers
 //! with the averages over the last [`WINDOW`](crate::deployment_load::WINDOW) (mesh channel
-//! [`CHANNEL_CONTROL`](crate::schedule::CHANNEL_CONTROL)).
+//! [`CHANNEL_CONTROL`](crate::schedule::hosts::CHANNEL_CONTROL)).
 //!
 //! For each scalable deployment one node decides: its first host in
 //! placement order (or, while it has no host, the best-ranked eligible

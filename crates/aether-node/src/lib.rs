@@ -160,8 +160,8 @@ impl Node {
                 lattice_tasks.push(tokio::spawn(schedule.clone().run()));
                 let control = mesh
                     .endpoint()
-                    .accept_streams(schedule::CHANNEL_CONTROL, 256);
-                lattice_tasks.push(tokio::spawn(schedule::serve_control(
+                    .accept_streams(schedule::hosts::CHANNEL_CONTROL, 256);
+                lattice_tasks.push(tokio::spawn(schedule::hosts::serve_control(
                     control,
                     deployments.clone(),
                     schedule.sampler().clone(),

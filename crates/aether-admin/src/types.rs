@@ -392,6 +392,8 @@ pub struct VersionJson {
     pub version: u32,
     /// Its essence.
     pub essence_hash: String,
+    /// The essence's size in bytes.
+    pub size: u64,
     /// The key that signed the essence.
     pub publisher: String,
     /// The admin key that asked for the rollout.

@@ -56,6 +56,29 @@ fn wait_state(node: &Node, id: &str, state: &str, timeout: Duration) -> Value {
     last
 }
 
+/// Starts two rollouts at once, each through its node; returns their ids.
+fn start_both(a: (&Node, Vec<u8>), b: (&Node, Vec<u8>)) -> (String, String) {
+    std::thread::scope(|s| {
+        let first = s.spawn(|| start(a.0, a.1));
+        let second = s.spawn(|| start(b.0, b.1));
+        (first.join().expect("start"), second.join().expect("start"))
+    })
+}
+
+/// The rollout as `node` tells it once it has ended, whatever the outcome.
+fn wait_ended(node: &Node, id: &str) -> Value {
+    let mut last = Value::Null;
+    eventually(
+        &format!("rollout {id} ends"),
+        Duration::from_secs(120),
+        || {
+            last = try_status(node, id).unwrap_or(Value::Null);
+            last["state"] != "running" && last["state"] != "paused" && !last["state"].is_null()
+        },
+    );
+    last
+}
+
 /// The refusal status of a signed admin request that must fail.
 fn refused(node: &Node, method: Method, path: &str) -> (StatusCode, String) {
     match block_on(node.client().json::<Value>(method, path, Bytes::new())) {
@@ -157,20 +180,8 @@ fn rollouts_reach_every_node_keep_versions_and_roll_back() {
     // node, the other ends superseded and says why.
     let v3 = operator.seal(&probe_aetherfile("3"), &fixture("probe"));
     let v4 = operator.seal(&probe_aetherfile("4"), &fixture("probe"));
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| start(&nodes[0], v3));
-        let b = s.spawn(|| start(&nodes[2], v4));
-        (a.join().expect("start"), b.join().expect("start"))
-    });
-    let mut ends = Vec::new();
-    for id in [&a, &b] {
-        let mut last = Value::Null;
-        eventually("both rollouts end", Duration::from_secs(120), || {
-            last = try_status(&nodes[1], id).unwrap_or(Value::Null);
-            last["state"] != "running" && !last["state"].is_null()
-        });
-        ends.push(last);
-    }
+    let (a, b) = start_both((&nodes[0], v3), (&nodes[2], v4));
+    let ends = [wait_ended(&nodes[1], &a), wait_ended(&nodes[1], &b)];
     let states: Vec<&str> = ends.iter().filter_map(|e| e["state"].as_str()).collect();
     assert!(
         states == ["finished", "superseded"] || states == ["superseded", "finished"],
@@ -391,20 +402,8 @@ fn a_route_two_rollouts_claim_goes_to_one_and_an_essence_nobody_holds_fails_the_
         operator.seal(&claim("left"), &fixture("hello-wstd")),
         operator.seal(&claim("right"), &fixture("hello-wstd")),
     );
-    let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| start(&nodes[0], a));
-        let b = s.spawn(|| start(&nodes[1], b));
-        (a.join().expect("start"), b.join().expect("start"))
-    });
-    let mut states = Vec::new();
-    for id in [&a, &b] {
-        let mut last = Value::Null;
-        eventually("both rollouts end", Duration::from_secs(120), || {
-            last = try_status(&nodes[2], id).unwrap_or(Value::Null);
-            last["state"] != "running" && !last["state"].is_null()
-        });
-        states.push(last);
-    }
+    let (a, b) = start_both((&nodes[0], a), (&nodes[1], b));
+    let states = [wait_ended(&nodes[2], &a), wait_ended(&nodes[2], &b)];
     let finished: Vec<&Value> = states.iter().filter(|s| s["state"] == "finished").collect();
     let superseded: Vec<&Value> = states
         .iter()

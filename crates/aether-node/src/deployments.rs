@@ -195,11 +195,12 @@ impl Deployments {
                         reason: format!("loader stopped: {e}"),
                     })
                 })??;
+        let hash = essence_hash(&essence);
         let deployment = Arc::new(Deployment {
             component,
             publisher,
             deployed_at: now_secs(),
-            essence_hash: essence_hash(&essence),
+            essence_hash: hash.clone(),
             essence_size: essence.len() as u64,
             hosted: std::sync::atomic::AtomicBool::new(
                 previous.as_ref().is_none_or(|p| p.is_hosted()),
@@ -209,7 +210,7 @@ impl Deployments {
         by_name.insert(name.clone(), deployment.clone());
         let routes = build_routes(&by_name, Some(&name))?;
         self.persist(&name, &essence)?;
-        self.keep_essence(&essence)?;
+        self.keep_as(&hash, &essence, Some(&self.essence_path(&name)))?;
         self.current.store(Arc::new(Snapshot { by_name, routes }));
         self.changed.notify_one();
         tracing::info!(
@@ -299,16 +300,34 @@ impl Deployments {
     /// deployed again. Returns the hash; a copy already kept is not written again.
     pub(crate) fn keep_essence(&self, essence: &[u8]) -> Result<String, DeployError> {
         let hash = essence_hash(essence);
+        self.keep_as(&hash, essence, None)?;
+        Ok(hash)
+    }
+
+    /// Keeps `essence`, whose hash the caller has checked to be `hash`; as a second link to
+    /// `linked_from` (the same bytes already on disk) when given and possible, else as a copy.
+    pub(crate) fn keep_as(
+        &self,
+        hash: &str,
+        essence: &[u8],
+        linked_from: Option<&std::path::Path>,
+    ) -> Result<(), DeployError> {
         let dir = self.essence_dir.join("by-hash");
         let path = dir.join(format!("{hash}.essence"));
         if path.exists() {
-            return Ok(hash);
+            return Ok(());
         }
-        write_atomically(&dir, &path, essence).map_err(|source| DeployError::Storage {
+        let storage = |source| DeployError::Storage {
             path: path.clone(),
             source,
-        })?;
-        Ok(hash)
+        };
+        if let Some(from) = linked_from {
+            std::fs::create_dir_all(&dir).map_err(storage)?;
+            if std::fs::hard_link(from, &path).is_ok() {
+                return Ok(());
+            }
+        }
+        write_atomically(&dir, &path, essence).map_err(storage)
     }
 
     /// The kept essence with this hash, checked against it.

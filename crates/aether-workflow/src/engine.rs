@@ -351,7 +351,7 @@ impl Engine {
                 return None;
             }
             let lease_end = self
-                .lease_of(id, j)
+                .lease_of(j)
                 .map(|(_, expires)| expires + self.config.grace_ms)?;
             let startup = self
                 .started_ms
@@ -382,13 +382,10 @@ impl Engine {
     }
 
     fn write(&mut self, record: Record) {
-        if let Some(j) = self.journals.get_mut(record.workflow()) {
-            j.apply(record.clone());
-        } else {
-            let mut j = Journal::default();
-            j.apply(record.clone());
-            self.journals.insert(record.workflow().to_string(), j);
-        }
+        self.journals
+            .entry(record.workflow().to_string())
+            .or_default()
+            .apply(record.clone());
         self.actions.push_back(Action::Write(record));
     }
 
@@ -525,9 +522,9 @@ impl Engine {
         }
     }
 
-    /// The current holder and expiry of `id`: its highest lease, or for a workflow whose first
+    /// The current holder and expiry of a workflow: its highest lease, or for one whose first
     /// lease has not arrived, its starter with a lease from its creation.
-    fn lease_of(&self, _id: &str, journal: &Journal) -> Option<(Epoch, u64)> {
+    fn lease_of(&self, journal: &Journal) -> Option<(Epoch, u64)> {
         if let Some(l) = journal.lease() {
             return Some((l.epoch, l.expires_ms));
         }
@@ -557,7 +554,7 @@ impl Engine {
         if now_ms < started_ms + self.config.startup_hold_ms {
             return;
         }
-        let Some((epoch, expires_ms)) = self.lease_of(id, journal) else {
+        let Some((epoch, expires_ms)) = self.lease_of(journal) else {
             return;
         };
         let max = journal.max_epoch().unwrap_or(epoch).max(epoch);

@@ -279,6 +279,7 @@ async fn history(workflows: &Workflows, name: &str) -> Vec<VersionJson> {
         .map(|(i, v)| VersionJson {
             version: i as u32 + 1,
             essence_hash: v.essence_hash,
+            size: v.size,
             publisher: v.publisher,
             deployed_by: v.deployed_by,
             switched_ms: v.switched_ms,
@@ -347,15 +348,10 @@ async fn rollback(
             }
         }
     };
-    let size = records::versions(workflows.kv(), name)
-        .await
-        .iter()
-        .find(|v| v.rollout == target.rollout)
-        .map_or(0, |v| v.size);
     let input = RolloutInput {
         component: name.to_string(),
         essence_hash: target.essence_hash.clone(),
-        size,
+        size: target.size,
         publisher: target.publisher.clone(),
         deployed_by: caller.to_string(),
         reason: format!("rollback to version {}", target.version),

@@ -148,7 +148,7 @@ impl Workflows {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The step context (the lattice state and the mesh, for status reads).
+    /// The lattice state (the records beside the journals, for status reads).
     pub(crate) fn kv(&self) -> &KvHandle {
         &self.kv
     }

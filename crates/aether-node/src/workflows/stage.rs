@@ -115,7 +115,7 @@ async fn prepare(
         report(kv, key, &progress).await;
         return;
     };
-    if let Err(e) = deployments.keep_essence(&bytes) {
+    if let Err(e) = deployments.keep_as(&stage.essence_hash, &bytes, None) {
         progress.error = Some(e.to_string());
         report(kv, key, &progress).await;
         return;

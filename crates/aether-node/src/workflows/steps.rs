@@ -115,8 +115,9 @@ async fn verify(ctx: &StepContext, input: &RolloutInput) -> Result<Value, String
             manifest.name, input.component
         ));
     }
+    // `fetch` checked the bytes against the hash.
     ctx.deployments
-        .keep_essence(&bytes)
+        .keep_as(&input.essence_hash, &bytes, None)
         .map_err(|e| e.to_string())?;
     Ok(json!({ "size": bytes.len(), "version": manifest.version }))
 }

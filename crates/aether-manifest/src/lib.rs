@@ -112,7 +112,8 @@ use std::path::Path;
 
 pub use error::{ManifestError, SourceError};
 pub use model::{
-    Capabilities, ComponentSource, Http, Intent, LatencyTarget, Limits, Manifest, Replicas, Route,
+    Capabilities, ComponentSource, Gates, Http, Intent, LatencyTarget, Limits, Manifest, Replicas,
+    Rollout, Route, Strategy,
 };
 pub use units::{ByteSize, Duration, ParseUnitError};
 

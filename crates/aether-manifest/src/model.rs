@@ -69,6 +69,106 @@ pub struct Manifest {
     #[serde(default)]
     #[schemars(extend("propertyNames" = { "pattern": rules::CONFIG_KEY_PATTERN }))]
     pub config: BTreeMap<String, String>,
+
+    /// How a new version of the component replaces the one serving: all at once, or as a canary
+    /// whose share of requests grows in steps judged by health gates. Default: all at once.
+    /// `alkahest deploy --strategy`, `--steps` and `--interval` override it for one rollout.
+    #[serde(default, skip_serializing_if = "Rollout::is_default")]
+    pub rollout: Rollout,
+}
+
+/// How a new version replaces the one serving.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rollout {
+    /// `"all-at-once"`: every node switches to the new version once every node has compiled it.
+    /// `"canary"`: the new version first serves a share of requests that grows by `steps`, each
+    /// held for `interval` and judged by the `gates`; a failing gate rolls back by itself.
+    /// Default: `"all-at-once"`. A first deploy is always all at once (nothing to compare with).
+    pub strategy: Strategy,
+
+    /// Canary only: the percentages of requests the new version serves, in increasing order,
+    /// each between 1 and 100, at most 20 of them. Reaching 100 makes it the serving version (a
+    /// last step of 100 is implied when missing). Default: `[5, 25, 100]`.
+    #[schemars(inner(range(min = 1, max = 100)), length(min = 1, max = 20))]
+    pub steps: Vec<u32>,
+
+    /// Canary only: how long each step below 100 lasts before its gate passes, between 1s and
+    /// 24h. Default: 30s, long enough for a few hundred requests at modest traffic.
+    pub interval: Duration,
+
+    /// Canary only: what the new version must not do worse than the old one, judged over the
+    /// requests both served during the canary.
+    pub gates: Gates,
+}
+
+impl Default for Rollout {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::AllAtOnce,
+            steps: vec![5, 25, 100],
+            interval: Duration::from_secs(30),
+            gates: Gates::default(),
+        }
+    }
+}
+
+impl Rollout {
+    /// Whether every field has its default (then the canonical form leaves the section out).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// How traffic moves to a new version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Every node switches once every node has compiled the new version.
+    #[default]
+    AllAtOnce,
+    /// The new version's share of requests grows in steps, each judged by health gates.
+    Canary,
+}
+
+/// The health gates of a canary: the new version against the old one, over the same time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gates {
+    /// How much higher the new version's share of 5xx responses may be than the old one's, in
+    /// percentage points, between 0 and 100. Judged on a 95% confidence bound, so a single
+    /// unlucky error among few requests does not fail the gate. Default: 1.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub max_error_increase: f64,
+
+    /// How much higher the new version's share of instance faults (traps, deadline, CPU budget,
+    /// memory limit) may be than the old one's, in percentage points, between 0 and 100, judged
+    /// like `max_error_increase`. Default: 1.
+    #[schemars(range(min = 0.0, max = 100.0))]
+    pub max_fault_increase: f64,
+
+    /// The new version's 99th-percentile latency may be at most this multiple of the old one's,
+    /// plus 5ms; between 1 and 1000. Judged once the new version has served 100 requests.
+    /// Default: 2.
+    #[schemars(range(min = 1.0, max = 1000.0))]
+    pub max_p99_ratio: f64,
+
+    /// Requests the new version must have served before a gate judges it, between 1 and
+    /// 1000000. A step that ends with fewer passes unjudged, and the rollout says so.
+    /// Default: 20.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub min_requests: u32,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Self {
+            max_error_increase: 1.0,
+            max_fault_increase: 1.0,
+            max_p99_ratio: 2.0,
+            min_requests: 20,
+        }
+    }
 }
 
 /// Where the component comes from.

@@ -15,6 +15,7 @@ pub(crate) const SECTIONS: &[(&str, &[&str])] = &[
             "capabilities",
             "env",
             "config",
+            "rollout",
         ],
     ),
     ("component", &["path", "build", "workdir"]),
@@ -40,6 +41,7 @@ pub(crate) const SECTIONS: &[(&str, &[&str])] = &[
         "capabilities",
         &["outbound_http", "keyvalue", "env_from_host"],
     ),
+    ("rollout", &["strategy", "steps", "interval", "gates"]),
 ];
 
 /// Edit distance between two short strings, counting a swap of neighbours as one edit

@@ -151,6 +151,18 @@ impl Checker {
         }
     }
 
+    fn range_float(&mut self, path: FieldPath, value: f64, min: f64, max: f64) {
+        if !(min..=max).contains(&value) {
+            self.push(
+                path.clone(),
+                Target::Value,
+                format!("`{path}` is {value}, out of range"),
+                &format!("not between {min} and {max}"),
+                Some(format!("`{path}` must be between {min} and {max}")),
+            );
+        }
+    }
+
     fn range_int(&mut self, path: FieldPath, value: u64, min: u64, max: u64, help: Option<&str>) {
         if value < min || value > max {
             let label = if value < min {
@@ -534,6 +546,8 @@ pub(crate) fn validate(m: &Manifest) -> Vec<Violation> {
         "variable",
     );
 
+    rollout(&m.rollout, &mut c);
+
     c.keys(&FieldPath::of(&["env"]), &m.env, rules::check_env_name);
     c.keys(
         &FieldPath::of(&["config"]),
@@ -542,4 +556,72 @@ pub(crate) fn validate(m: &Manifest) -> Vec<Violation> {
     );
 
     c.out
+}
+
+/// The `[rollout]` section: canary steps that grow, an interval and gates in range.
+fn rollout(r: &crate::model::Rollout, c: &mut Checker) {
+    let path = FieldPath::of(&["rollout"]);
+    let steps = path.clone().key("steps");
+    if r.steps.is_empty() || r.steps.len() > 20 {
+        c.push(
+            steps.clone(),
+            Target::Value,
+            format!("`rollout.steps` has {} steps", r.steps.len()),
+            "between 1 and 20 steps",
+            Some("give the canary's shares in percent, e.g. `steps = [5, 25, 100]`".to_string()),
+        );
+    }
+    for (i, &step) in r.steps.iter().enumerate() {
+        c.range_int(
+            steps.clone().index(i),
+            step.into(),
+            1,
+            100,
+            Some("each step is a percentage of requests"),
+        );
+        if i > 0 && step <= r.steps[i - 1] {
+            c.push(
+                steps.clone().index(i),
+                Target::Value,
+                format!(
+                    "`rollout.steps` must grow: {step} follows {}",
+                    r.steps[i - 1]
+                ),
+                "not more than the step before",
+                Some("list the shares in increasing order, e.g. `[5, 25, 100]`".to_string()),
+            );
+        }
+    }
+    c.range_duration(
+        path.clone().key("interval"),
+        r.interval,
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    );
+    let gates = path.key("gates");
+    c.range_float(
+        gates.clone().key("max_error_increase"),
+        r.gates.max_error_increase,
+        0.0,
+        100.0,
+    );
+    c.range_float(
+        gates.clone().key("max_fault_increase"),
+        r.gates.max_fault_increase,
+        0.0,
+        100.0,
+    );
+    c.range_float(
+        gates.clone().key("max_p99_ratio"),
+        r.gates.max_p99_ratio,
+        1.0,
+        1000.0,
+    );
+    c.range_int(
+        gates.key("min_requests"),
+        r.gates.min_requests.into(),
+        1,
+        1_000_000,
+        None,
+    );
 }

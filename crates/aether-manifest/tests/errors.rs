@@ -272,6 +272,49 @@ fn out_of_range() {
 }
 
 #[test]
+fn bad_rollout_sections() {
+    expect(
+        &format!("{HEAD}[rollout]\nstrategy = \"canery\"\n"),
+        4,
+        12,
+        &["unknown variant `canery`", "`canary`"],
+    );
+    expect(
+        &format!("{HEAD}[rollout]\nsteps = [5, 50, 25]\n"),
+        4,
+        17,
+        &[
+            "`rollout.steps` must grow: 25 follows 50",
+            "increasing order",
+        ],
+    );
+    expect(
+        &format!("{HEAD}[rollout]\nsteps = [0, 100]\n"),
+        4,
+        10,
+        &["`rollout.steps[0]` is 0", "percentage"],
+    );
+    expect(
+        &format!("{HEAD}[rollout]\nsteps = []\n"),
+        4,
+        9,
+        &["`rollout.steps` has 0 steps"],
+    );
+    expect(
+        &format!("{HEAD}[rollout]\ninterval = \"0s\"\n"),
+        4,
+        12,
+        &["`rollout.interval` is 0s", "between 1s and 24h"],
+    );
+    expect(
+        &format!("{HEAD}[rollout.gates]\nmax_p99_ratio = 0.5\n"),
+        4,
+        17,
+        &["`rollout.gates.max_p99_ratio` is 0.5", "between 1 and 1000"],
+    );
+}
+
+#[test]
 fn min_greater_than_max() {
     let err = expect(
         &format!("{HEAD}[intent]\nreplicas = {{ min = 5, max = 2 }}\n"),

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use aether_manifest::{
-    ByteSize, Capabilities, ComponentSource, Duration, Http, Intent, LatencyTarget, Limits,
-    Manifest, Replicas, Route,
+    ByteSize, Capabilities, ComponentSource, Duration, Gates, Http, Intent, LatencyTarget, Limits,
+    Manifest, Replicas, Rollout, Route, Strategy,
 };
 
 fn data(name: &str) -> PathBuf {
@@ -49,6 +49,7 @@ fn minimal() {
             capabilities: Capabilities::default(),
             env: BTreeMap::new(),
             config: BTreeMap::new(),
+            rollout: Rollout::default(),
         }
     );
     assert_eq!(m.component.path(), Path::new("x.wasm"));
@@ -72,6 +73,14 @@ fn defaults_are_documented_values() {
     assert_eq!(m.limits.max_concurrency, 100);
     assert_eq!(m.limits.max_body, ByteSize(10 * 1024 * 1024));
     assert_eq!(m.capabilities, Capabilities::default());
+    assert_eq!(m.rollout.strategy, Strategy::AllAtOnce);
+    assert_eq!(m.rollout.steps, [5, 25, 100]);
+    assert_eq!(m.rollout.interval, Duration::from_secs(30));
+    assert_eq!(m.rollout.gates.min_requests, 20);
+    assert!(
+        !String::from_utf8_lossy(&m.to_canonical_json()).contains("rollout"),
+        "a default [rollout] stays out of the canonical form, so older essences keep their bytes"
+    );
 }
 
 #[test]
@@ -138,6 +147,17 @@ fn full_example_sets_every_field() {
         },
         env: map(&[("LOG_LEVEL", "info"), ("_PRIVATE", "1")]),
         config: map(&[("greeting", "hello"), ("feature.flag-x", "on")]),
+        rollout: Rollout {
+            strategy: Strategy::Canary,
+            steps: vec![10, 50, 100],
+            interval: Duration::from_secs(60),
+            gates: Gates {
+                max_error_increase: 0.5,
+                max_fault_increase: 0.0,
+                max_p99_ratio: 1.5,
+                min_requests: 50,
+            },
+        },
     };
     assert_eq!(m, expected);
     assert_eq!(

@@ -319,6 +319,43 @@ pub struct RolloutStatusJson {
     pub paused: bool,
     /// An operator asked to cancel it.
     pub cancel_requested: bool,
+    /// `all-at-once` or `canary`.
+    #[serde(default)]
+    pub strategy: String,
+    /// Why the strategy differs from the one asked for, if it does.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub strategy_note: String,
+    /// For a canary: what the hosts measured of both versions so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryJson>,
+}
+
+/// A canary rollout's traffic: the share the new version gets now and what both versions did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CanaryJson {
+    /// Percent of requests the new version gets now (0 once the share was taken back).
+    pub weight: u32,
+    /// The shares, in order, below 100.
+    pub steps: Vec<u32>,
+    /// How long each share is held, in ms.
+    pub interval_ms: u64,
+    /// Requests the serving version answered during the canary, summed over the hosts.
+    pub serving: VersionHealthJson,
+    /// Requests the new version answered.
+    pub new: VersionHealthJson,
+}
+
+/// What one version did during a canary.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VersionHealthJson {
+    /// Requests served.
+    pub requests: u64,
+    /// 5xx responses.
+    pub errors: u64,
+    /// Instance faults.
+    pub faults: u64,
+    /// 99th-percentile latency in ms (bucketed), when any request was served.
+    pub p99_ms: Option<f64>,
 }
 
 /// One step of a rollout.

@@ -8,9 +8,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use aether_admin::types::ComponentStatus;
 use aether_essence::{Essence, EssenceError};
 use aether_identity::{PublicKey, TrustedKeys};
-use aether_runtime::{CacheOutcome, LoadError, LoadedComponent, Runtime};
+use aether_runtime::{CacheOutcome, FAULTED, LoadError, LoadedComponent, ResponseBody, Runtime};
 use arc_swap::ArcSwap;
+use http::Response;
 
+use crate::canary::Canary;
 use crate::config::NodeConfig;
 use crate::router::{RouteConflict, RouteTable, route_text};
 
@@ -29,12 +31,48 @@ pub struct Deployment {
     /// Whether placement puts a replica on this node (always, without a
     /// mesh); otherwise requests go to a host.
     hosted: std::sync::atomic::AtomicBool,
+    /// The new version a canary rollout has loaded beside this one, if any.
+    canary: arc_swap::ArcSwapOption<Canary>,
 }
 
 impl Deployment {
     /// Whether this node hosts a replica (placement put one here).
     pub fn is_hosted(&self) -> bool {
         self.hosted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The canary loaded beside this version, if any.
+    pub fn canary(&self) -> Option<Arc<Canary>> {
+        self.canary.load_full()
+    }
+
+    /// Loads or drops the canary beside this version.
+    pub(crate) fn set_canary(&self, canary: Option<Arc<Canary>>) {
+        self.canary.store(canary);
+    }
+
+    /// Serves one request here: with this version, or with the canary when there is one and
+    /// the request falls in its share; both versions' responses are then measured.
+    pub async fn serve<B>(&self, req: hyper::Request<B>) -> Response<ResponseBody>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<aether_runtime::HttpError>,
+    {
+        let Some(canary) = self.canary.load_full() else {
+            let mut resp = self.component.handle(req, false).await;
+            resp.headers_mut().remove(FAULTED);
+            return resp;
+        };
+        let (component, stats) = if canary.picks_next() {
+            (&canary.component, &canary.canary_stats)
+        } else {
+            (&self.component, &canary.stable_stats)
+        };
+        let started = std::time::Instant::now();
+        let mut resp = component.handle(req, false).await;
+        let faulted = resp.headers_mut().remove(FAULTED).is_some();
+        stats.record(resp.status().as_u16(), faulted, started.elapsed());
+        resp
     }
 
     /// Sets whether this node hosts a replica; returns the previous value.
@@ -205,6 +243,7 @@ impl Deployments {
             hosted: std::sync::atomic::AtomicBool::new(
                 previous.as_ref().is_none_or(|p| p.is_hosted()),
             ),
+            canary: arc_swap::ArcSwapOption::empty(),
         });
         let mut by_name = self.current.load().by_name.clone();
         by_name.insert(name.clone(), deployment.clone());
@@ -297,14 +336,7 @@ impl Deployments {
 
     /// Keeps a copy of an essence under its hash (`DATA_DIR/essences/by-hash/`), so the
     /// versions a rollout stages, and earlier ones to roll back to, can be served to peers and
-    /// deployed again. Returns the hash; a copy already kept is not written again.
-    pub(crate) fn keep_essence(&self, essence: &[u8]) -> Result<String, DeployError> {
-        let hash = essence_hash(essence);
-        self.keep_as(&hash, essence, None)?;
-        Ok(hash)
-    }
-
-    /// Keeps `essence`, whose hash the caller has checked to be `hash`; as a second link to
+    /// deployed again. `hash` is the caller's check of the bytes; kept as a second link to
     /// `linked_from` (the same bytes already on disk) when given and possible, else as a copy.
     pub(crate) fn keep_as(
         &self,

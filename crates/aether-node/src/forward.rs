@@ -846,7 +846,7 @@ impl Forwarder {
                         .and_then(|h| h.to_str().ok())
                         .map(str::to_string);
                     match deployments.route(host.as_deref(), req.uri().path()) {
-                        Some(d) => d.component.handle(req, false).await,
+                        Some(d) => d.serve(req).await,
                         None => host_response(
                             StatusCode::NOT_FOUND,
                             format!("no component serves {}\n", req.uri().path()),

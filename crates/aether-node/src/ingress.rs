@@ -251,7 +251,7 @@ async fn route(
             Err(back) => req = *back,
         }
     }
-    let mut resp = deployment.component.handle(req, false).await;
+    let mut resp = deployment.serve(req).await;
     resp.headers_mut().remove(aether_runtime::OVERLOADED);
     resp
 }

@@ -11,6 +11,7 @@
 mod admin;
 mod admin_response;
 mod autoscale;
+mod canary;
 mod config;
 mod deployment_load;
 mod deployments;

@@ -34,6 +34,6 @@ pub use keyvalue::{CasOutcome, KeyPage, KeyValueBackend, KeyValueError, KvFuture
 pub use load::{DEFAULT_IDLE_TIMEOUT, LoadError, LoadedComponent, content_hash};
 pub use logs::{LogLine, LogSink, LogStream};
 pub use metrics::RuntimeMetrics;
-pub use serve::{OVERLOADED, ResponseBody, ServeError, host_response};
+pub use serve::{FAULTED, OVERLOADED, ResponseBody, ServeError, host_response};
 /// The error type of request and response bodies (`wasi:http`'s).
 pub use wasmtime_wasi_http::Error as HttpError;

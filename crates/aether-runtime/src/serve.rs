@@ -49,6 +49,11 @@ pub enum ServeError {
 /// before a response leaves the lattice.
 pub const OVERLOADED: HeaderName = HeaderName::from_static("aether-overloaded");
 
+/// Marks a response the host gave because the instance faulted (trap, deadline, CPU budget,
+/// memory limit, no response), as opposed to an error the component answered itself. Nodes
+/// count it for canary health gates and strip it before a response leaves the node.
+pub const FAULTED: HeaderName = HeaderName::from_static("aether-faulted");
+
 impl ServeError {
     fn kind(&self) -> &'static str {
         match self {
@@ -103,7 +108,12 @@ impl LoadedComponent {
             ServeError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        host_response(status, self.describe(error))
+        let mut resp = host_response(status, self.describe(error));
+        if !matches!(error, ServeError::BodyTooLarge) {
+            resp.headers_mut()
+                .insert(FAULTED, HeaderValue::from_static("1"));
+        }
+        resp
     }
 
     /// The one text for a fault: the caller's response body and the log line.
@@ -244,6 +254,7 @@ impl LoadedComponent {
             // could make a forwarding node run a request twice.
             Ok(Ok(mut resp)) => {
                 resp.headers_mut().remove(OVERLOADED);
+                resp.headers_mut().remove(FAULTED);
                 if has_body {
                     resp.map(|inner| {
                         GuardedBody {

@@ -84,7 +84,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             no_build,
             json,
             detach,
-        } => deploy(&home, node.as_deref(), &target, no_build, json, detach).await,
+            strategy,
+        } => {
+            let opts = DeployOptions {
+                no_build,
+                json,
+                detach,
+                strategy,
+            };
+            deploy(&home, node.as_deref(), &target, &opts).await
+        }
         Command::Rollout { command } => {
             crate::rollouts::rollout(&client(&home, node.as_deref())?, command).await
         }
@@ -110,9 +119,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             detach,
             json,
+            strategy,
         } => {
-            crate::rollouts::rollback(&client(&home, node.as_deref())?, &name, to, detach, json)
-                .await
+            let client = client(&home, node.as_deref())?;
+            crate::rollouts::rollback(&client, &name, to, &strategy, detach, json).await
         }
         Command::Status { name, json } => status(&home, node.as_deref(), name, json).await,
         Command::Logs {
@@ -289,14 +299,26 @@ fn new(name: &str, dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `alkahest deploy` was asked besides the target.
+struct DeployOptions {
+    no_build: bool,
+    json: bool,
+    detach: bool,
+    strategy: crate::StrategyArgs,
+}
+
 async fn deploy(
     home: &Home,
     node: Option<&str>,
     target: &Path,
-    no_build: bool,
-    json: bool,
-    detach: bool,
+    opts: &DeployOptions,
 ) -> anyhow::Result<()> {
+    let &DeployOptions {
+        no_build,
+        json,
+        detach,
+        ..
+    } = opts;
     let essence = if target.is_file()
         && std::fs::read(target)
             .map(|b| b.starts_with(aether_essence::MAGIC))
@@ -310,12 +332,13 @@ async fn deploy(
     let client = client(home, node)?;
     let started = Instant::now();
     // In a lattice a deploy is a rollout; a node on its own deploys at once.
-    if let Some(rollout) = crate::rollouts::start(&client, essence.clone()).await? {
+    let query = opts.strategy.query();
+    if let Some(rollout) = crate::rollouts::start(&client, essence.clone(), &query).await? {
         return crate::rollouts::after_start(&client, &rollout, detach, json, started).await;
     }
-    if detach {
+    if detach || !query.is_empty() {
         anyhow::bail!(
-            "--detach needs a node in a lattice: {} deploys at once",
+            "--detach and --strategy need a node in a lattice: {} deploys at once",
             client.addr()
         );
     }

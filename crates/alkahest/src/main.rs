@@ -25,6 +25,37 @@ struct Cli {
     command: Command,
 }
 
+/// How a rollout moves traffic, overriding the Aetherfile's `[rollout]` section.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StrategyArgs {
+    /// `all-at-once` or `canary`.
+    #[arg(long, value_parser = ["all-at-once", "canary"])]
+    pub strategy: Option<String>,
+    /// Canary shares of requests in percent, e.g. `5,25,100`.
+    #[arg(long)]
+    pub steps: Option<String>,
+    /// How long each canary share is held, e.g. `30s`.
+    #[arg(long)]
+    pub interval: Option<String>,
+}
+
+impl StrategyArgs {
+    /// The query string the admin API takes (empty when nothing is overridden).
+    pub fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in [
+            ("strategy", &self.strategy),
+            ("steps", &self.steps),
+            ("interval", &self.interval),
+        ] {
+            if let Some(v) = value {
+                q.append_pair(key, v);
+            }
+        }
+        q.finish()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a new Rust wasi:http component from the template.
@@ -90,6 +121,8 @@ enum Command {
         /// Print the rollout's id and return instead of following it to its end.
         #[arg(long)]
         detach: bool,
+        #[command(flatten)]
+        strategy: StrategyArgs,
     },
     /// Show what a node runs.
     Status {
@@ -204,6 +237,9 @@ enum Command {
         detach: bool,
         #[arg(long)]
         json: bool,
+        /// A rollback goes all at once unless these ask for a canary.
+        #[command(flatten)]
+        strategy: StrategyArgs,
     },
     /// Manage the lattice's keys.
     Lattice {

@@ -22,9 +22,15 @@ const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 pub async fn start(
     client: &AdminClient,
     essence: Vec<u8>,
+    query: &str,
 ) -> anyhow::Result<Option<RolloutStarted>> {
+    let path = if query.is_empty() {
+        "/v1/rollouts".to_string()
+    } else {
+        format!("/v1/rollouts?{query}")
+    };
     match client
-        .json::<RolloutStarted>(Method::POST, "/v1/rollouts", Bytes::from(essence))
+        .json::<RolloutStarted>(Method::POST, &path, Bytes::from(essence))
         .await
     {
         Ok(started) => Ok(Some(started)),
@@ -134,6 +140,7 @@ pub async fn watch(
 ) -> anyhow::Result<RolloutStatusJson> {
     let mut shown: BTreeSet<(u32, String)> = BTreeSet::new();
     let mut leases_shown = 0;
+    let mut strategy_shown = false;
     let mut unreachable_since: Option<Instant> = None;
     loop {
         let status = match read(client, id).await {
@@ -155,6 +162,10 @@ pub async fn watch(
             }
         };
         if print {
+            if !strategy_shown {
+                strategy_shown = true;
+                print_strategy(&status);
+            }
             for lease in status
                 .leases
                 .iter()
@@ -180,7 +191,12 @@ pub async fn watch(
                     .finished_ms
                     .map_or(0, |f| f.saturating_sub(step.started_ms));
                 match &step.error {
-                    None => println!("  ✓ {:<12} {took} ms on {}", step.name, short(&step.node)),
+                    None => println!(
+                        "  ✓ {:<12} {took} ms on {}{}",
+                        step.name,
+                        short(&step.node),
+                        gate_detail(&step.output)
+                    ),
                     Some(e) => println!("  ✗ {:<12} {e}", step.name),
                 }
             }
@@ -192,6 +208,49 @@ pub async fn watch(
     }
 }
 
+/// How the rollout moves traffic, in a line (and why it differs from what was asked).
+fn print_strategy(s: &RolloutStatusJson) {
+    if let Some(c) = &s.canary {
+        let shares: Vec<String> = c
+            .steps
+            .iter()
+            .chain(std::iter::once(&100))
+            .map(|w| format!("{w}%"))
+            .collect();
+        println!(
+            "  canary: {}, {} s per step, rolled back by itself if a health gate fails",
+            shares.join(" → "),
+            c.interval_ms / 1000
+        );
+    }
+    if !s.strategy_note.is_empty() {
+        println!("  note: {}", s.strategy_note);
+    }
+}
+
+/// What a passed health gate saw, for its line.
+fn gate_detail(output: &serde_json::Value) -> String {
+    let (Some(new), Some(old)) = (output.get("new"), output.get("serving")) else {
+        return String::new();
+    };
+    let side = |v: &serde_json::Value| {
+        format!(
+            "{} requests, {} 5xx, p99 {}",
+            v["requests"],
+            v["errors"],
+            v["p99_ms"]
+                .as_f64()
+                .map_or("-".to_string(), |ms| format!("{ms:.1} ms"))
+        )
+    };
+    let judged = if output["judged"] == serde_json::Value::Bool(true) {
+        ""
+    } else {
+        " (too few requests to judge)"
+    };
+    format!(": new {}; serving {}{judged}", side(new), side(old))
+}
+
 fn short(node: &str) -> &str {
     let key = node.strip_prefix("ed25519:").unwrap_or(node);
     &key[..key.len().min(10)]
@@ -199,6 +258,13 @@ fn short(node: &str) -> &str {
 
 fn print_status(s: &RolloutStatusJson) {
     println!("{}  {}  {}  ({})", s.id, s.component, s.state, s.reason);
+    print_strategy(s);
+    if let Some(c) = s.canary.as_ref().filter(|c| c.weight > 0) {
+        println!(
+            "  traffic: new version {}% ({} requests, {} 5xx), serving version {} requests, {} 5xx",
+            c.weight, c.new.requests, c.new.errors, c.serving.requests, c.serving.errors
+        );
+    }
     if !s.outcome_reason.is_empty() {
         println!("  why: {}", s.outcome_reason);
     }
@@ -375,13 +441,15 @@ pub async fn rollback(
     client: &AdminClient,
     name: &str,
     to: Option<u32>,
+    strategy: &crate::StrategyArgs,
     detach: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    let path = match to {
-        Some(v) => format!("/v1/rollback/{name}?to={v}"),
-        None => format!("/v1/rollback/{name}"),
-    };
+    let mut query = strategy.query();
+    if let Some(v) = to {
+        query = format!("to={v}&{query}");
+    }
+    let path = format!("/v1/rollback/{name}?{query}");
     let started: RolloutStarted = client.json(Method::POST, &path, Bytes::new()).await?;
     after_start(client, &started, detach, json, Instant::now()).await
 }

@@ -1,16 +1,18 @@
 //! The admin API of rollouts:
 //!
-//! - `POST /v1/rollouts` (body: an essence): starts a rollout, 202 with its id;
+//! - `POST /v1/rollouts[?strategy=canary&steps=5,25,100&interval=30s]` (body: an essence):
+//!   starts a rollout, 202 with its id; the query overrides the Aetherfile's `[rollout]`;
 //! - `GET /v1/rollouts`, `GET /v1/rollouts/ID`: what the journals say;
 //! - `POST /v1/rollouts/ID/pause|resume|cancel`;
 //! - `GET /v1/history/NAME`: the component's versions;
-//! - `POST /v1/rollback/NAME[?to=VERSION]`: a rollout back to an earlier version;
+//! - `POST /v1/rollback/NAME[?to=VERSION]`: a rollout back to an earlier version (all at once
+//!   unless the query asks for a canary);
 //! - `POST /v1/drain/NODE`: a drain workflow (its status under `/v1/rollouts/ID`);
 //!   `DELETE /v1/drain/NODE`: cancel it, or undo a finished one.
 
 use aether_admin::types::{
-    HistoryJson, LeaseJson, RolloutNodeJson, RolloutStarted, RolloutStatusJson, RolloutStepJson,
-    VersionJson,
+    CanaryJson, HistoryJson, LeaseJson, RolloutNodeJson, RolloutStarted, RolloutStatusJson,
+    RolloutStepJson, VersionHealthJson, VersionJson,
 };
 use aether_workflow::{Journal, LeaseReason, NodeId, Planner, StepResult};
 use bytes::Bytes;
@@ -23,9 +25,10 @@ use serde_json::Value;
 
 use super::plan::{KIND, RolloutInput, RolloutPlanner};
 use super::records::now_ms;
-use super::records::{self, PROGRESS_BUCKET, Progress};
+use super::records::{self, CANARY_BUCKET, CanaryShare, PROGRESS_BUCKET, Progress};
 use super::service::Workflows;
 use crate::admin_response::{AdminBody, error, json};
+use crate::canary::Summary;
 use crate::deployments::{DeployError, Deployments};
 
 fn node_text(id: &NodeId) -> String {
@@ -45,7 +48,7 @@ pub(crate) async fn handle(
     body: Bytes,
 ) -> Response<AdminBody> {
     match (method, segments) {
-        (&Method::POST, ["rollouts"]) => start(workflows, deployments, caller, &body).await,
+        (&Method::POST, ["rollouts"]) => start(workflows, deployments, caller, &body, query).await,
         (&Method::GET, ["rollouts"]) => {
             let ids: Vec<String> = workflows.engine().journals().keys().cloned().collect();
             let mut all = Vec::new();
@@ -86,7 +89,7 @@ pub(crate) async fn handle(
                     .find(|(k, _)| k == "to")
                     .map(|(_, v)| v.into_owned())
             });
-            rollback(workflows, caller, name, to.as_deref()).await
+            rollback(workflows, caller, name, to.as_deref(), query).await
         }
         (&Method::POST, ["drain", node]) => drain(workflows, caller, node).await,
         (&Method::DELETE, ["drain", node]) => undrain(workflows, node).await,
@@ -208,6 +211,7 @@ async fn start(
     deployments: &Deployments,
     caller: &aether_identity::PublicKey,
     essence: &[u8],
+    query: Option<&str>,
 ) -> Response<AdminBody> {
     let verified = match deployments.verify_essence(essence) {
         Ok(v) => v,
@@ -222,17 +226,28 @@ async fn start(
     if let Some(c) = deployments.route_conflicts(essence).into_iter().next() {
         return error(StatusCode::CONFLICT, DeployError::Conflict(c).to_string());
     }
-    let hash = match deployments.keep_essence(essence) {
-        Ok(h) => h,
-        Err(e) => return error(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
-    };
+    let name = verified.manifest().name.clone();
+    let hash = crate::deployments::essence_hash(essence);
+    let serving = crate::replication::lattice_record(workflows.kv(), &name)
+        .await
+        .is_some_and(|r| r.essence_hash != hash);
+    let (canary, strategy_note) =
+        match super::strategy::resolve(&verified.manifest().rollout, query, serving) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
+    if let Err(e) = deployments.keep_as(&hash, essence, None) {
+        return error(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
+    }
     let input = RolloutInput {
-        component: verified.manifest().name.clone(),
+        component: name,
         essence_hash: hash,
         size: essence.len() as u64,
         publisher: verified.publisher().to_string(),
         deployed_by: caller.to_string(),
         reason: "deploy".into(),
+        canary,
+        strategy_note,
     };
     begin(workflows, &input).await
 }
@@ -295,7 +310,14 @@ async fn rollback(
     caller: &aether_identity::PublicKey,
     name: &str,
     to: Option<&str>,
+    query: Option<&str>,
 ) -> Response<AdminBody> {
+    // A rollback goes all at once unless the command line asks for a canary.
+    let (canary, strategy_note) =
+        match super::strategy::resolve(&aether_manifest::Rollout::default(), query, true) {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        };
     let versions = history(workflows, name).await;
     if versions.is_empty() {
         return error(
@@ -355,6 +377,8 @@ async fn rollback(
         publisher: target.publisher.clone(),
         deployed_by: caller.to_string(),
         reason: format!("rollback to version {}", target.version),
+        canary,
+        strategy_note,
     };
     begin(workflows, &input).await
 }
@@ -489,5 +513,39 @@ pub(crate) async fn status(workflows: &Workflows, id: &str) -> Option<RolloutSta
             .collect(),
         paused: control.paused,
         cancel_requested: control.cancel,
+        strategy: match input.as_ref().and_then(|i| i.canary.as_ref()) {
+            Some(_) => "canary",
+            None => "all-at-once",
+        }
+        .into(),
+        strategy_note: input
+            .as_ref()
+            .map(|i| i.strategy_note.clone())
+            .unwrap_or_default(),
+        canary: match &input {
+            Some(i) if def.kind == KIND => canary_json(workflows, id, i).await,
+            _ => None,
+        },
+    })
+}
+
+/// A canary rollout's share now and what the hosts measured of both versions.
+async fn canary_json(workflows: &Workflows, id: &str, input: &RolloutInput) -> Option<CanaryJson> {
+    let plan = input.canary.as_ref()?;
+    let share: Option<CanaryShare> =
+        records::read(workflows.kv(), CANARY_BUCKET, &input.component).await;
+    let (serving, new, _) = records::canary_health(workflows.kv(), id).await;
+    let health = |s: &Summary| VersionHealthJson {
+        requests: s.requests,
+        errors: s.errors,
+        faults: s.faults,
+        p99_ms: s.p99().map(|d| d.as_secs_f64() * 1000.0),
+    };
+    Some(CanaryJson {
+        weight: share.filter(|s| s.rollout == id).map_or(0, |s| s.weight),
+        steps: plan.steps.clone(),
+        interval_ms: plan.interval_ms,
+        serving: health(&serving),
+        new: health(&new),
     })
 }

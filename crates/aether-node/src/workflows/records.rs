@@ -1,5 +1,6 @@
 //! The lattice-state records rollouts use besides their journal: the staged version every node
-//! prepares, each node's progress, the version served before a switch, and the history.
+//! prepares, each node's progress, the version served before a switch, the history, and a
+//! canary's share of traffic and what the hosts measured of it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -17,6 +18,33 @@ pub(crate) const PROGRESS_BUCKET: &str = "sys:stage-progress";
 pub(crate) const PREVIOUS_BUCKET: &str = "sys:stage-previous";
 /// Bucket of versions: `COMPONENT/ROLLOUT` → [`Version`].
 pub(crate) const HISTORY_BUCKET: &str = "sys:history";
+
+/// Bucket of canaries: `COMPONENT` → [`CanaryShare`] (one canary per component at a time).
+pub(crate) const CANARY_BUCKET: &str = "sys:canary";
+/// Bucket of what hosts measured during a canary: `ROLLOUT/NODE` → [`Health`].
+pub(crate) const HEALTH_BUCKET: &str = "sys:canary-health";
+
+/// The share of a component's requests a canary rollout gives its new version.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CanaryShare {
+    /// The rollout.
+    pub rollout: String,
+    /// The new version's essence (staged, so every node holds it).
+    pub essence_hash: String,
+    /// Percent of requests, 0 to 100.
+    pub weight: u32,
+}
+
+/// What one host measured of both versions since it loaded a canary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Health {
+    /// The weight the host applies.
+    pub weight: u32,
+    /// The serving version.
+    pub stable: crate::canary::Summary,
+    /// The new version.
+    pub canary: crate::canary::Summary,
+}
 
 /// A version every node should fetch and compile ahead of the switch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +163,26 @@ pub(crate) async fn versions(kv: &KvHandle, component: &str) -> Vec<Version> {
         .collect();
     all.sort_by(|a, b| (a.switched_ms, &a.rollout).cmp(&(b.switched_ms, &b.rollout)));
     all
+}
+
+/// What every host measured of `rollout`'s canary, added up: (serving version, new version),
+/// and each host's report by key (`ROLLOUT/NODE`).
+pub(crate) async fn canary_health(
+    kv: &KvHandle,
+    rollout: &str,
+) -> (
+    crate::canary::Summary,
+    crate::canary::Summary,
+    Vec<(String, Health)>,
+) {
+    let reports: Vec<(String, Health)> = list(kv, HEALTH_BUCKET, &format!("{rollout}/")).await;
+    let mut serving = crate::canary::Summary::default();
+    let mut new = crate::canary::Summary::default();
+    for (_, h) in &reports {
+        serving.add(&h.stable);
+        new.add(&h.canary);
+    }
+    (serving, new, reports)
 }
 
 /// Milliseconds since the Unix epoch, on this node's clock.

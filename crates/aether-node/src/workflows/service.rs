@@ -125,6 +125,11 @@ impl Workflows {
         });
         this.load_all().await;
         tokio::spawn(this.clone().run(watch, mesh.clone()));
+        tokio::spawn(super::traffic::follow(
+            kv.clone(),
+            me.to_string(),
+            deployments.clone(),
+        ));
         tokio::spawn(super::stage::follow(
             kv.clone(),
             me.to_string(),

@@ -9,7 +9,8 @@ use aether_mesh::{MemberStatus, MeshHandle};
 use aether_workflow::{Engine, Outcome, StepResult, Task};
 use serde_json::{Value, json};
 
-use super::plan::{KIND, RolloutInput, SUPERSEDED};
+use super::gates;
+use super::plan::{KIND, RolloutInput, SUPERSEDED, step_weight};
 use super::records::{
     self, HISTORY_BUCKET, PREVIOUS_BUCKET, PROGRESS_BUCKET, Progress, STAGE_BUCKET, Stage, Version,
     now_ms,
@@ -83,7 +84,17 @@ async fn rollout_step(ctx: &StepContext, task: &Task) -> Result<Value, String> {
         "retire" => retire(ctx, &task.workflow, &input).await,
         "switch-back" => switch_back(ctx, &task.workflow, &input).await,
         "unstage" => unstage(ctx, &task.workflow, &input).await,
-        other => Err(format!("no step named {other:?} on this node")),
+        "canary-off" => gates::clear_share(ctx, &task.workflow, &input).await,
+        name => match (step_weight(name), &input.canary) {
+            (Some(weight), _) if name.starts_with("canary-") => {
+                gates::set_share(ctx, &task.workflow, &input, weight).await
+            }
+            (Some(weight), Some(plan)) => {
+                let interval = Duration::from_millis(plan.interval_ms);
+                gates::gate(ctx, &task.workflow, weight, interval, &plan.gates).await
+            }
+            _ => Err(format!("no step named {name:?} on this node")),
+        },
     }
 }
 
@@ -202,7 +213,7 @@ async fn wait_for(
 }
 
 /// A newer rollout of the same component that has not failed, if any: it takes this one's place.
-fn newer_rollout(ctx: &StepContext, id: &str, component: &str) -> Option<String> {
+pub(crate) fn newer_rollout(ctx: &StepContext, id: &str, component: &str) -> Option<String> {
     let engine = ctx.engine.lock().unwrap_or_else(|p| p.into_inner());
     let me = engine.journal(id)?.definition()?.created_ms;
     engine
@@ -276,6 +287,8 @@ async fn switch(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result<Val
         let waited = wait_for(ctx, id, input, "serve it", Duration::ZERO, |p| p.serving).await;
         match waited {
             Ok(v) => {
+                // Every node serves the new version as its own: a canary's share is moot.
+                gates::clear_share(ctx, id, input).await?;
                 return Ok(json!({
                     "replaced": previous.is_some(),
                     "previous": previous.map(|p| p.essence_hash),
@@ -308,6 +321,7 @@ async fn retire(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result<Val
         records::write(&ctx.kv, HISTORY_BUCKET, &key, &version).await?;
     }
     unstage(ctx, id, input).await?;
+    gates::clear_share(ctx, id, input).await?;
     let versions = records::versions(&ctx.kv, &input.component).await;
     let number = versions.iter().position(|v| v.rollout == id).map(|i| i + 1);
     Ok(json!({ "version": number }))

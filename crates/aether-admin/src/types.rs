@@ -319,6 +319,9 @@ pub struct RolloutStatusJson {
     pub paused: bool,
     /// An operator asked to cancel it.
     pub cancel_requested: bool,
+    /// The step it holds before, when an operator asked for a hold there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_before: Option<String>,
     /// `all-at-once` or `canary`.
     #[serde(default)]
     pub strategy: String,

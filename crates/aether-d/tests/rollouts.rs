@@ -340,11 +340,19 @@ fn a_drain_moves_replicas_off_a_node_and_undrain_lets_placement_use_it_again() {
     let operator = Operator::new();
     let scratch = tempfile::tempdir().expect("scratch");
     let nodes = lattice(&[237, 238, 239], scratch.path(), &operator);
-    let aetherfile = "name = \"one\"\ncomponent = \"one.wasm\"\n[http]\nroutes = [\"/one\"]\n[intent]\nreplicas = 1\n";
-    let id = start(&nodes[0], operator.seal(aetherfile, &fixture("hello-wstd")));
-    wait_state(&nodes[0], &id, "finished", Duration::from_secs(120));
-    let hosts = |n: &Node| -> Vec<String> {
-        let s = n.admin_json(Method::GET, "/v1/components/one", Vec::new());
+    // Two components with two replicas each on three nodes: some node hosts both.
+    for name in ["one", "two"] {
+        let aetherfile = format!(
+            "name = \"{name}\"\ncomponent = \"{name}.wasm\"\n[http]\nroutes = [\"/{name}\"]\n[intent]\nreplicas = 2\n"
+        );
+        let id = start(
+            &nodes[0],
+            operator.seal(&aetherfile, &fixture("hello-wstd")),
+        );
+        wait_state(&nodes[0], &id, "finished", Duration::from_secs(120));
+    }
+    let hosts = |n: &Node, name: &str| -> Vec<String> {
+        let s = n.admin_json(Method::GET, &format!("/v1/components/{name}"), Vec::new());
         s["placement"]["hosts"]
             .as_array()
             .map(|h| {
@@ -354,14 +362,16 @@ fn a_drain_moves_replicas_off_a_node_and_undrain_lets_placement_use_it_again() {
             })
             .unwrap_or_default()
     };
-    let mut host = Vec::new();
-    eventually("the replica is placed", Duration::from_secs(30), || {
-        host = hosts(&nodes[0]);
-        host.len() == 1
+    let mut both = Vec::new();
+    eventually("the replicas are placed", Duration::from_secs(30), || {
+        let (one, two) = (hosts(&nodes[0], "one"), hosts(&nodes[0], "two"));
+        both = one.iter().filter(|h| two.contains(h)).cloned().collect();
+        one.len() == 2 && two.len() == 2 && !both.is_empty()
     });
-    let host = host.remove(0);
+    let host = both.remove(0);
     let other = nodes.iter().find(|n| n.id() != host).expect("another node");
 
+    // One deployment moves at a time, each running elsewhere before the next moves.
     let drain = other.admin_json(Method::POST, &format!("/v1/drain/{host}"), Vec::new());
     let drain = drain["rollout"].as_str().expect("workflow id").to_string();
     let end = wait_state(other, &drain, "finished", Duration::from_secs(120));
@@ -371,14 +381,24 @@ fn a_drain_moves_replicas_off_a_node_and_undrain_lets_placement_use_it_again() {
         .iter()
         .filter_map(|s| s["name"].as_str())
         .collect();
-    assert_eq!(names, ["cordon", "move", "mark-drained"], "{end}");
+    assert_eq!(
+        names,
+        ["cordon", "move:one", "move:two", "move", "mark-drained"],
+        "{end}"
+    );
+    assert_eq!(
+        end["steps"][0]["output"]["components"],
+        serde_json::json!(["one", "two"])
+    );
     for n in &nodes {
-        let placed = hosts(n);
-        assert!(
-            !placed.contains(&host),
-            "{placed:?} still holds the drained node"
-        );
-        assert_eq!(n.request("GET", "/one", b"").status, 200);
+        for name in ["one", "two"] {
+            let placed = hosts(n, name);
+            assert!(
+                !placed.contains(&host) && placed.len() == 2,
+                "{placed:?}: {name} still on the drained node, or short of replicas"
+            );
+            assert_eq!(n.request("GET", &format!("/{name}"), b"").status, 200);
+        }
     }
     let (code, why) = refused(other, Method::POST, &format!("/v1/drain/{host}x"));
     assert_eq!(code, StatusCode::BAD_REQUEST, "{why}");

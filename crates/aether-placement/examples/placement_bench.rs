@@ -115,6 +115,7 @@ fn deployments(n: usize, rng: &mut Lcg) -> Vec<Deployment> {
                 intent,
                 memory_per_replica: [64, 128, 256][rng.below(3) as usize] * MIB,
                 desired,
+                excluded: Vec::new(),
             }
         })
         .collect()

@@ -458,7 +458,13 @@ pub(crate) fn place(
         arch.sort_unstable();
         arch.dedup();
         let group = groups
-            .entry((!d.intent.regions.is_empty(), regions, labels, arch))
+            .entry((
+                !d.intent.regions.is_empty(),
+                regions,
+                labels,
+                arch,
+                d.excluded.as_slice(),
+            ))
             .or_insert_with_key(|key| Group::new(&view, key));
 
         let latency = match &d.intent.latency {
@@ -555,7 +561,7 @@ mod tests {
     fn top_k_buckets_are_prefixes_of_the_full_ranking() {
         let ms = members(300);
         let view = View::new(&ms).unwrap();
-        let group = Group::new(&view, &(false, vec![], vec![], vec![]));
+        let group = Group::new(&view, &(false, vec![], vec![], vec![], &[]));
         let rtt: Vec<f64> = (0..ms.len()).map(|i| (i % 7) as f64 * 0.01).collect();
         let latency = Latency {
             rtt: &rtt,

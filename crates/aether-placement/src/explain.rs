@@ -34,6 +34,8 @@ pub enum Eligibility {
     Eligible,
     /// Membership does not consider it alive.
     Dead,
+    /// The deployment is kept off it (a drain is moving it elsewhere).
+    Excluded,
     /// Its region is not among the intent's regions.
     Region {
         /// The member's region.
@@ -71,6 +73,7 @@ impl std::fmt::Display for Eligibility {
         match self {
             Eligibility::Eligible => f.write_str("eligible"),
             Eligibility::Dead => f.write_str("not alive"),
+            Eligibility::Excluded => f.write_str("being drained"),
             Eligibility::Region { region } => write!(f, "region {region} is not allowed"),
             Eligibility::Label {
                 key,
@@ -115,6 +118,9 @@ impl std::fmt::Display for Eligibility {
 fn eligibility(d: &Deployment, m: &Member, allocatable: u64) -> Eligibility {
     if !m.alive {
         return Eligibility::Dead;
+    }
+    if d.excluded.binary_search(&m.id).is_ok() {
+        return Eligibility::Excluded;
     }
     if !d.intent.regions.is_empty() && !d.intent.regions.contains(&m.region) {
         return Eligibility::Region {

@@ -5,8 +5,15 @@
 use crate::view::View;
 
 /// Signature of a deployment's eligibility: whether its regions are restricted, the indices
-/// of its regions that some member is in (sorted), its labels, and its architectures (sorted).
-pub(crate) type GroupKey<'a> = (bool, Vec<u32>, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+/// of its regions that some member is in (sorted), its labels, its architectures (sorted), and
+/// the members it is kept off (sorted).
+pub(crate) type GroupKey<'a> = (
+    bool,
+    Vec<u32>,
+    Vec<(&'a str, &'a str)>,
+    Vec<&'a str>,
+    &'a [crate::MemberId],
+);
 
 /// A member of a [`Group`], with what the ranking loop reads, stored contiguously.
 #[derive(Clone, Copy, Debug)]
@@ -34,7 +41,7 @@ impl Group {
     /// The group of `key`: regions restricted or not, the allowed region indices, the labels,
     /// the allowed architectures (empty: any).
     pub(crate) fn new(view: &View<'_>, key: &GroupKey<'_>) -> Self {
-        let (restricted, regions, labels, arch) = key;
+        let (restricted, regions, labels, arch, excluded) = key;
         let mut allowed = vec![!restricted; view.region_names.len()];
         for &r in regions {
             allowed[r as usize] = true;
@@ -53,6 +60,7 @@ impl Group {
                         || member_labels
                             .get(crate::ARCH_LABEL)
                             .is_some_and(|a| arch.contains(&a.as_str())))
+                    && excluded.binary_search(&view.members[i].id).is_err()
             })
             .collect();
         let mut group_regions: Vec<u32> = indices.iter().map(|&i| view.region[i]).collect();

@@ -111,6 +111,9 @@ pub struct Deployment {
     pub memory_per_replica: u64,
     /// Replicas to place: the fixed count, or what autoscaling chose within `min..=max`.
     pub desired: u32,
+    /// Members it must not be placed on although they satisfy its intent (a drain moving it
+    /// off them), sorted. Default: none.
+    pub excluded: Vec<MemberId>,
 }
 
 impl Deployment {
@@ -123,6 +126,7 @@ impl Deployment {
             intent: manifest.intent.clone(),
             memory_per_replica: manifest.intent.memory.unwrap_or(manifest.limits.memory).0,
             desired,
+            excluded: Vec::new(),
         }
     }
 }

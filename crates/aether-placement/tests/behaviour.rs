@@ -339,3 +339,30 @@ fn arch_selects_members_by_their_built_in_label() {
          otherwise run on [aarch64, unknown, x86_64]"
     );
 }
+
+#[test]
+fn an_excluded_member_hosts_only_what_is_not_kept_off_it() {
+    let members = nine_members();
+    let a = deployment("a", 3);
+    let b = deployment("b", 3);
+    let before = place(&[a.clone(), b.clone()], &members).unwrap();
+    // Keep `a` off one of its hosts: it moves, `b` does not.
+    let gone = *hosts(&before, "a").iter().next().unwrap();
+    let mut a_off = a.clone();
+    a_off.excluded = vec![gone];
+    let after = place(&[a_off.clone(), b], &members).unwrap();
+    assert!(!hosts(&after, "a").contains(&gone));
+    assert_eq!(hosts(&after, "a").len(), 3);
+    assert_eq!(
+        hosts(&after, "a")
+            .intersection(&hosts(&before, "a"))
+            .count(),
+        2,
+        "only the replica on the excluded member moves"
+    );
+    assert_eq!(hosts(&after, "b"), hosts(&before, "b"));
+    let ranking = explain(&a_off, &members).unwrap();
+    let why = ranking.iter().find(|c| c.member == gone).unwrap();
+    assert_eq!(why.eligibility, Eligibility::Excluded);
+    assert_eq!(why.eligibility.to_string(), "being drained");
+}

@@ -293,6 +293,28 @@ impl Engine {
             paused: paused.unwrap_or(old.paused),
             cancel: old.cancel || cancel,
             at_ms: now_ms.max(old.at_ms + 1),
+            // A resume lets the workflow past a hold too.
+            pause_before: if paused == Some(false) {
+                None
+            } else {
+                old.pause_before
+            },
+        };
+        self.write(Record::Control(id.to_string(), control));
+        true
+    }
+
+    /// Asks a running workflow to hold before starting the step named `step` (none: no hold);
+    /// [`Engine::control`] with `paused: Some(false)` lets it go on.
+    pub fn pause_before(&mut self, id: &str, step: Option<String>, now_ms: u64) -> bool {
+        let Some(journal) = self.journals.get(id) else {
+            return false;
+        };
+        let old = journal.control();
+        let control = Control {
+            at_ms: now_ms.max(old.at_ms + 1),
+            pause_before: step,
+            ..old
         };
         self.write(Record::Control(id.to_string(), control));
         true
@@ -479,6 +501,12 @@ impl Engine {
             cancel_requested: control.cancel,
         };
         let next = planner.next(&def.input, &steps, &ctx);
+        if let Next::Step { name, .. } = &next
+            && !control.cancel
+            && control.pause_before.as_deref() == Some(name.as_str())
+        {
+            return;
+        }
         let (kind, workflow_input) = (def.kind.clone(), def.input.clone());
         match next {
             Next::Step {

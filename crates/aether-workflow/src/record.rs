@@ -241,6 +241,10 @@ pub struct Control {
     pub cancel: bool,
     /// When it was last changed.
     pub at_ms: u64,
+    /// The workflow holds before starting the step of this name (as if paused there), until
+    /// resumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_before: Option<String>,
 }
 
 /// One record of a workflow's journal.
@@ -409,6 +413,7 @@ mod tests {
                     paused: true,
                     cancel: false,
                     at_ms: 9,
+                    pause_before: Some("switch".into()),
                 },
             ),
             Record::Lease(

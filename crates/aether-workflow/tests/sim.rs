@@ -522,6 +522,38 @@ fn a_failed_step_rolls_back_and_a_cancel_undoes_what_was_done() {
 }
 
 #[test]
+fn a_hold_before_a_step_survives_its_driver_and_a_resume_lets_it_go_on() {
+    let (mut sim, world) = lattice(11, 300);
+    sim.invoke(SimId(0), |n, now, out| {
+        n.engine
+            .start("held", "test", json!({ "steps": STEPS }), ms(now))
+            .expect("starts");
+        assert!(n.engine.pause_before("held", Some("s3".into()), ms(now)));
+        n.flush(now, out);
+    });
+    sim.run_for(Duration::from_secs(20));
+    assert_eq!(steps_recorded(&sim, 2, "held"), 3, "held before s3");
+    sim.crash(SimId(0));
+    sim.run_for(Duration::from_secs(30));
+    assert_eq!(
+        steps_recorded(&sim, 2, "held"),
+        3,
+        "the node that took over holds too"
+    );
+    sim.invoke(SimId(3), |n, now, out| {
+        assert!(n.engine.control("held", Some(false), false, ms(now)));
+        n.flush(now, out);
+    });
+    let deadline = sim.now() + Duration::from_secs(60);
+    sim.run_until_pred(deadline, |s| ended_everywhere(s, &["held"]))
+        .expect("ends once resumed");
+    assert_eq!(agree(&sim, &["held"])["held"], Outcome::Finished);
+    let world = world.borrow();
+    no_effect_twice(&world);
+    assert_eq!(world.effects.len(), STEPS);
+}
+
+#[test]
 fn a_partition_lets_both_sides_drive_and_the_journal_still_converges() {
     let (mut sim, world) = lattice(11, 500);
     start(&mut sim, 0, "wf", json!({ "steps": 12 }));

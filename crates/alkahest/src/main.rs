@@ -31,6 +31,10 @@ pub struct StrategyArgs {
     /// `all-at-once` or `canary`.
     #[arg(long, value_parser = ["all-at-once", "canary"])]
     pub strategy: Option<String>,
+    /// Hold the rollout before this step (e.g. `switch`: staged and compiled everywhere, the
+    /// old version still serving) until `alkahest rollout resume ID`.
+    #[arg(long)]
+    pub pause_before: Option<String>,
     /// Canary shares of requests in percent, e.g. `5,25,100`.
     #[arg(long)]
     pub steps: Option<String>,
@@ -47,6 +51,7 @@ impl StrategyArgs {
             ("strategy", &self.strategy),
             ("steps", &self.steps),
             ("interval", &self.interval),
+            ("pause_before", &self.pause_before),
         ] {
             if let Some(v) = value {
                 q.append_pair(key, v);
@@ -331,9 +336,12 @@ enum RolloutCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Start no new step until resumed.
+    /// Start no new step until resumed (with --before: go on until that step, hold there).
     Pause {
         id: String,
+        /// The step to hold before, e.g. `switch`.
+        #[arg(long)]
+        before: Option<String>,
         #[arg(long)]
         json: bool,
     },

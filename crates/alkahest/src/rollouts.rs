@@ -68,6 +68,22 @@ pub async fn after_start(
         );
     }
     let end = watch(client, &started.rollout, !json).await?;
+    if end.state == "paused" {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "rollout": end }))?
+            );
+        } else {
+            println!(
+                "Rollout {} holds before `{}`; go on with `alkahest rollout resume {}`",
+                end.id,
+                end.pause_before.as_deref().unwrap_or("the next step"),
+                end.id
+            );
+        }
+        return Ok(());
+    }
     if end.state != "finished" {
         if json {
             println!(
@@ -201,7 +217,9 @@ pub async fn watch(
                 }
             }
         }
-        if status.state != "running" && status.state != "paused" {
+        // A rollout held before a step (`--pause-before`) is followed up to the hold.
+        let held = status.state == "paused" && status.pause_before.is_some();
+        if held || (status.state != "running" && status.state != "paused") {
             return Ok(status);
         }
         tokio::time::sleep(POLL).await;
@@ -335,7 +353,18 @@ pub async fn rollout(client: &AdminClient, command: RolloutCommand) -> anyhow::R
                 println!("{} {}", s.id, s.state);
             }
         }
-        RolloutCommand::Pause { id, json } => control(client, &id, "pause", json).await?,
+        RolloutCommand::Pause { id, before, json } => {
+            let action = match &before {
+                Some(step) => format!(
+                    "pause?{}",
+                    form_urlencoded::Serializer::new(String::new())
+                        .append_pair("before", step)
+                        .finish()
+                ),
+                None => "pause".to_string(),
+            };
+            control(client, &id, &action, json).await?
+        }
         RolloutCommand::Resume { id, json } => control(client, &id, "resume", json).await?,
         RolloutCommand::Cancel { id, json } => control(client, &id, "cancel", json).await?,
     }
@@ -353,7 +382,10 @@ async fn control(client: &AdminClient, id: &str, action: &str, json: bool) -> an
     if json {
         println!("{}", serde_json::to_string_pretty(&answer)?);
     } else {
-        println!("asked rollout {id} to {action}");
+        println!(
+            "asked rollout {id} to {}",
+            action.replace("?before=", " before ")
+        );
     }
     Ok(())
 }

@@ -42,6 +42,9 @@ const STANDBY_UNLOAD_AFTER: Duration = Duration::from_secs(5);
 /// Placement changes remembered for `alkahest status`.
 const CHANGES_KEPT: usize = 64;
 
+/// Drained members by id, each with the deployments that may still stay on it.
+pub(crate) type Drained = BTreeMap<[u8; 32], BTreeSet<String>>;
+
 /// One host of a deployment, as this node sees it.
 #[derive(Clone, Debug)]
 pub(crate) struct Host {
@@ -244,8 +247,9 @@ pub(crate) struct Schedule {
     scaled: ArcSwap<BTreeMap<String, u32>>,
     wake: Notify,
     sampler: Arc<crate::deployment_load::LoadSampler>,
-    /// Members being drained or drained (`alkahest drain`): placement puts nothing on them.
-    drained: ArcSwap<BTreeSet<[u8; 32]>>,
+    /// Members being drained or drained (`alkahest drain`), each with the deployments that may
+    /// still stay on it (a drain moves them one at a time): placement puts nothing else there.
+    drained: ArcSwap<Drained>,
     /// Its metrics.
     pub(crate) metrics: ScheduleMetrics,
 }
@@ -265,20 +269,30 @@ impl Schedule {
             scaled: ArcSwap::from_pointee(BTreeMap::new()),
             wake: Notify::new(),
             sampler: Arc::new(crate::deployment_load::LoadSampler::default()),
-            drained: ArcSwap::from_pointee(BTreeSet::new()),
+            drained: ArcSwap::from_pointee(Drained::new()),
             metrics: ScheduleMetrics::default(),
         })
     }
 
-    /// Sets the members placement must leave empty (drained), and places again.
-    pub(crate) fn set_drained(&self, drained: BTreeSet<[u8; 32]>) {
+    /// Sets the members placement must leave empty (drained) but for the deployments each may
+    /// still keep, and places again.
+    pub(crate) fn set_drained(&self, drained: Drained) {
         self.drained.store(Arc::new(drained));
         self.wake.notify_one();
     }
 
     /// Whether `id` is being drained or is drained.
     pub(crate) fn is_drained(&self, id: &NodeId) -> bool {
-        self.drained.load().contains(id.as_bytes())
+        self.drained.load().contains_key(id.as_bytes())
+    }
+
+    /// Whether placement keeps `name` off `id` (it is drained, or being drained and `name` has
+    /// moved or must move).
+    pub(crate) fn excludes(&self, id: &NodeId, name: &str) -> bool {
+        self.drained
+            .load()
+            .get(id.as_bytes())
+            .is_some_and(|keep| !keep.contains(name))
     }
 
     /// This node's load sampler.
@@ -468,7 +482,7 @@ impl Schedule {
                     capacity_memory: meta.capacity.memory_bytes,
                     reserved_memory: 0,
                     cores: meta.capacity.cores,
-                    alive: member_alive(m) && !drained.contains(m.id.as_bytes()),
+                    alive: member_alive(m),
                     coordinate: m.coordinate,
                 })
             })
@@ -478,11 +492,18 @@ impl Schedule {
             .map(|d| {
                 let mut hash = [0u8; 32];
                 let _ = hex::decode_to_slice(d.component.content_hash(), &mut hash);
-                aether_placement::Deployment::from_manifest(
+                let mut wanted = aether_placement::Deployment::from_manifest(
                     d.component.manifest(),
                     hash,
                     self.desired_for(d),
-                )
+                );
+                // Sorted, as the map is.
+                wanted.excluded = drained
+                    .iter()
+                    .filter(|(_, keep)| !keep.contains(d.component.name()))
+                    .map(|(id, _)| *id)
+                    .collect();
+                wanted
             })
             .collect();
         let placement = match aether_placement::place(&wanted, &placement_members) {

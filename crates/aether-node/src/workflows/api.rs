@@ -3,7 +3,8 @@
 //! - `POST /v1/rollouts[?strategy=canary&steps=5,25,100&interval=30s]` (body: an essence):
 //!   starts a rollout, 202 with its id; the query overrides the Aetherfile's `[rollout]`;
 //! - `GET /v1/rollouts`, `GET /v1/rollouts/ID`: what the journals say;
-//! - `POST /v1/rollouts/ID/pause|resume|cancel`;
+//! - `POST /v1/rollouts/ID/pause|resume|cancel` (`pause?before=STEP`: go on until that step and
+//!   hold there; `POST /v1/rollouts?pause_before=STEP` starts a rollout with such a hold);
 //! - `GET /v1/history/NAME`: the component's versions;
 //! - `POST /v1/rollback/NAME[?to=VERSION]`: a rollout back to an earlier version (all at once
 //!   unless the query asks for a canary);
@@ -64,9 +65,12 @@ pub(crate) async fn handle(
             Some(s) => json(StatusCode::OK, &s),
             None => error(StatusCode::NOT_FOUND, format!("no rollout {id}")),
         },
-        (&Method::POST, ["rollouts", id, action @ ("pause" | "resume" | "cancel")]) => {
-            control(workflows, id, action)
-        }
+        (&Method::POST, ["rollouts", id, action @ ("pause" | "resume" | "cancel")]) => control(
+            workflows,
+            id,
+            action,
+            query_value(query, "before").as_deref(),
+        ),
         (&Method::GET, ["history", name]) => {
             let versions = history(workflows, name).await;
             if versions.is_empty() && deployments.get(name).is_none() {
@@ -84,17 +88,23 @@ pub(crate) async fn handle(
             )
         }
         (&Method::POST, ["rollback", name]) => {
-            let to = query.and_then(|q| {
-                form_urlencoded::parse(q.as_bytes())
-                    .find(|(k, _)| k == "to")
-                    .map(|(_, v)| v.into_owned())
-            });
+            let to = query_value(query, "to");
             rollback(workflows, caller, name, to.as_deref(), query).await
         }
         (&Method::POST, ["drain", node]) => drain(workflows, caller, node).await,
         (&Method::DELETE, ["drain", node]) => undrain(workflows, node).await,
         _ => error(StatusCode::NOT_FOUND, "no such endpoint"),
     }
+}
+
+/// How long accepting a rollout waits for a second member to hold its essence.
+const SECOND_COPY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The value of `key` in a query string.
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// Drain workflows not ended for `node`, by id.
@@ -184,17 +194,45 @@ fn new_id() -> String {
     format!("r-{}", hex::encode(bytes))
 }
 
-async fn begin(workflows: &Arc<Workflows>, input: &RolloutInput) -> Response<AdminBody> {
+/// Starts a rollout of `input`, held before the step `pause_before` when given.
+async fn begin(
+    workflows: &Arc<Workflows>,
+    input: &RolloutInput,
+    pause_before: Option<String>,
+) -> Response<AdminBody> {
     let id = new_id();
     let value = match serde_json::to_value(input) {
         Ok(v) => v,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if let Err(e) = workflows.engine().start(&id, KIND, value, now_ms()) {
-        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    let steps = super::plan::forward_steps(&value);
+    if let Some(step) = &pause_before
+        && !steps[1..].contains(step)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "this rollout has no step {step:?} to pause before; its steps after the first: {}",
+                steps[1..].join(", ")
+            ),
+        );
     }
-    // The id is handed out once the rollout is durable here.
+    {
+        let mut engine = workflows.engine();
+        let now = now_ms();
+        if let Err(e) = engine.start(&id, KIND, value, now) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        if pause_before.is_some() {
+            engine.pause_before(&id, pause_before, now);
+        }
+    }
+    // The id is handed out once the rollout is durable here and its essence is on a second
+    // member: the death of this node then loses neither.
     workflows.flush().await;
+    if !super::steps::stage_early(workflows.steps(), &id, input, SECOND_COPY_TIMEOUT).await {
+        tracing::warn!(rollout = %id, "no second member holds the essence yet; the rollout goes on");
+    }
     tracing::info!(rollout = %id, component = %input.component, reason = %input.reason, "rollout started");
     json(
         StatusCode::ACCEPTED,
@@ -249,10 +287,15 @@ async fn start(
         canary,
         strategy_note,
     };
-    begin(workflows, &input).await
+    begin(workflows, &input, query_value(query, "pause_before")).await
 }
 
-fn control(workflows: &Workflows, id: &str, action: &str) -> Response<AdminBody> {
+fn control(
+    workflows: &Workflows,
+    id: &str,
+    action: &str,
+    before: Option<&str>,
+) -> Response<AdminBody> {
     let mut engine = workflows.engine();
     let Some(journal) = engine.journal(id) else {
         return error(StatusCode::NOT_FOUND, format!("no rollout {id}"));
@@ -266,12 +309,19 @@ fn control(workflows: &Workflows, id: &str, action: &str) -> Response<AdminBody>
             ),
         );
     }
-    let (paused, cancel) = match action {
-        "pause" => (Some(true), false),
-        "resume" => (Some(false), false),
-        _ => (None, true),
-    };
-    engine.control(id, paused, cancel, now_ms());
+    match (action, before) {
+        ("pause", Some(step)) => {
+            engine.pause_before(id, Some(step.to_string()), now_ms());
+        }
+        _ => {
+            let (paused, cancel) = match action {
+                "pause" => (Some(true), false),
+                "resume" => (Some(false), false),
+                _ => (None, true),
+            };
+            engine.control(id, paused, cancel, now_ms());
+        }
+    }
     drop(engine);
     workflows.wake();
     json(
@@ -380,7 +430,7 @@ async fn rollback(
         canary,
         strategy_note,
     };
-    begin(workflows, &input).await
+    begin(workflows, &input, None).await
 }
 
 /// What the journal of `id` and the nodes' progress say.
@@ -415,6 +465,7 @@ pub(crate) async fn status(workflows: &Workflows, id: &str) -> Option<RolloutSta
             }
         })
         .collect();
+    let mut held = false;
     if end.is_none() {
         let done = journal.steps();
         let ctx = aether_workflow::PlanContext {
@@ -429,10 +480,16 @@ pub(crate) async fn status(workflows: &Workflows, id: &str) -> Option<RolloutSta
             name, compensates, ..
         } = next
         {
+            held |= control.pause_before.as_deref() == Some(name.as_str()) && !control.cancel;
             steps.push(RolloutStepJson {
                 index: done.len() as u32,
                 name,
-                state: if control.paused { "paused" } else { "running" }.into(),
+                state: if control.paused || held {
+                    "paused"
+                } else {
+                    "running"
+                }
+                .into(),
                 compensates,
                 node: lease
                     .as_ref()
@@ -456,8 +513,8 @@ pub(crate) async fn status(workflows: &Workflows, id: &str) -> Option<RolloutSta
             "superseded".to_string()
         }
         (Some(e), _, None) => e.outcome.as_str().to_string(),
-        (None, true, _) => "paused".into(),
-        (None, false, _) => "running".into(),
+        (None, paused, _) if paused || held => "paused".into(),
+        (None, _, _) => "running".into(),
     };
     Some(RolloutStatusJson {
         id: id.to_string(),
@@ -511,8 +568,9 @@ pub(crate) async fn status(workflows: &Workflows, id: &str) -> Option<RolloutSta
                 error: p.error,
             })
             .collect(),
-        paused: control.paused,
+        paused: control.paused || held,
         cancel_requested: control.cancel,
+        pause_before: control.pause_before.clone(),
         strategy: match input.as_ref().and_then(|i| i.canary.as_ref()) {
             Some(_) => "canary",
             None => "all-at-once",

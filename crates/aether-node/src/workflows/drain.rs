@@ -1,9 +1,12 @@
 //! `alkahest drain NODE`, a second kind of workflow: `cordon` (placement puts nothing more on
-//! the node), `move` (wait until every deployment's replicas are placed elsewhere and running
-//! there), `mark-drained`. A failure or a cancel undoes the cordon. The set of cordoned nodes
-//! lives in the state bucket [`DRAINED_BUCKET`]; every node's schedule follows it.
+//! the node; the deployments it hosts may stay for now, and the step records which), one
+//! `move:NAME` per such deployment (it may no longer stay; wait until its replicas run
+//! elsewhere, before the next one moves), `move` (nothing at all is left there, every host
+//! running), `mark-drained`. A failure or a cancel undoes the cordon. The cordoned nodes, each
+//! with the deployments it may still keep, live in the state bucket [`DRAINED_BUCKET`]; every
+//! node's schedule follows it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +29,24 @@ pub(crate) const DRAINED_BUCKET: &str = "sys:drained";
 /// How long the replicas have to move.
 const MOVE_TIMEOUT: Duration = Duration::from_secs(300);
 
-const STEPS: [&str; 3] = ["cordon", "move", "mark-drained"];
+/// The forward steps: `cordon`, a `move:NAME` for each deployment the cordon found on the
+/// node, then `move` and `mark-drained`.
+fn forward_steps(steps: &[&StepRecord]) -> Vec<String> {
+    let hosted: Vec<String> = steps
+        .iter()
+        .find(|s| s.name == "cordon" && s.compensates.is_none())
+        .and_then(|s| match &s.result {
+            aether_workflow::StepResult::Ok(v) => {
+                serde_json::from_value(v["components"].clone()).ok()
+            }
+            aether_workflow::StepResult::Err(_) => None,
+        })
+        .unwrap_or_default();
+    std::iter::once("cordon".to_string())
+        .chain(hosted.into_iter().map(|c| format!("move:{c}")))
+        .chain(["move".to_string(), "mark-drained".to_string()])
+        .collect()
+}
 
 /// What a drain works on.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,6 +66,9 @@ pub(crate) struct Drained {
     pub workflow: String,
     /// When it last changed.
     pub at_ms: u64,
+    /// The deployments that may still stay on the node (moved one at a time).
+    #[serde(default)]
+    pub keep: BTreeSet<String>,
 }
 
 /// The drain planner.
@@ -54,7 +77,9 @@ pub(crate) struct DrainPlanner;
 impl Planner for DrainPlanner {
     fn next(&self, _input: &Value, steps: &[&StepRecord], ctx: &PlanContext) -> Next {
         let saga = Saga::of(steps);
-        if let Some(next) = saga.next_forward(&STEPS, ctx.cancel_requested) {
+        let forward = forward_steps(steps);
+        let forward: Vec<&str> = forward.iter().map(String::as_str).collect();
+        if let Some(next) = saga.next_forward(&forward, ctx.cancel_requested) {
             return next;
         }
         if let Some(next) = saga.next_undo(|s| (s.name == "cordon").then(|| "uncordon".to_string()))
@@ -85,15 +110,74 @@ pub(crate) async fn run(
 ) -> Result<Value, String> {
     let node =
         PublicKey::from_str(&input.node).map_err(|e| format!("bad node id {}: {e}", input.node))?;
-    let mark = |state: &str| Drained {
+    let mark = |state: &str, keep: BTreeSet<String>| Drained {
         state: state.to_string(),
         workflow: workflow.to_string(),
         at_ms: now_ms(),
+        keep,
     };
+    let current: Option<Drained> = records::read(kv, DRAINED_BUCKET, &input.node)
+        .await
+        .filter(|d: &Drained| d.workflow == workflow);
     match name {
         "cordon" => {
-            records::write(kv, DRAINED_BUCKET, &input.node, &mark("draining")).await?;
-            Ok(Value::Null)
+            // Run again after a takeover, the cordon keeps what it first found.
+            let keep = match current {
+                Some(d) => d.keep,
+                None => {
+                    let view = schedule.view();
+                    let hosted: BTreeSet<String> = view
+                        .hosts
+                        .iter()
+                        .filter(|(_, hosts)| {
+                            hosts.iter().any(|h| h.id.as_bytes() == node.as_bytes())
+                        })
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    let drained = mark("draining", hosted.clone());
+                    records::write(kv, DRAINED_BUCKET, &input.node, &drained).await?;
+                    hosted
+                }
+            };
+            Ok(json!({ "components": keep }))
+        }
+        name if name.starts_with("move:") => {
+            let component = &name["move:".len()..];
+            let Some(mut drained) = current else {
+                return Err(format!(
+                    "{} is no longer being drained by {workflow}",
+                    input.node
+                ));
+            };
+            if drained.keep.remove(component) {
+                drained.at_ms = now_ms();
+                records::write(kv, DRAINED_BUCKET, &input.node, &drained).await?;
+            }
+            let started = Instant::now();
+            loop {
+                let moved = match deployments.get(component) {
+                    None => true,
+                    Some(d) => {
+                        schedule.excludes(&node, component)
+                            && schedule.placement_json(&d, true).await.is_some_and(|p| {
+                                p.hosts.iter().all(|h| {
+                                    h.node != input.node
+                                        && matches!(h.state.as_str(), "running" | "scaled-to-zero")
+                                })
+                            })
+                    }
+                };
+                if moved {
+                    return Ok(json!({ "ms": started.elapsed().as_millis() as u64 }));
+                }
+                if started.elapsed() > MOVE_TIMEOUT {
+                    return Err(format!(
+                        "{component} did not move off the node within {} s",
+                        MOVE_TIMEOUT.as_secs()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
         "move" => {
             let started = Instant::now();
@@ -134,12 +218,12 @@ pub(crate) async fn run(
             }
         }
         "mark-drained" => {
-            records::write(kv, DRAINED_BUCKET, &input.node, &mark("drained")).await?;
+            let drained = mark("drained", BTreeSet::new());
+            records::write(kv, DRAINED_BUCKET, &input.node, &drained).await?;
             Ok(Value::Null)
         }
         "uncordon" => {
-            let current: Option<Drained> = records::read(kv, DRAINED_BUCKET, &input.node).await;
-            if current.is_some_and(|c| c.workflow == workflow) {
+            if current.is_some() {
                 records::delete(kv, DRAINED_BUCKET, &input.node).await?;
             }
             Ok(Value::Null)
@@ -150,14 +234,19 @@ pub(crate) async fn run(
 
 /// Keeps the schedule's set of drained nodes in step with [`DRAINED_BUCKET`].
 pub(crate) async fn follow(kv: KvHandle, schedule: Arc<Schedule>) {
-    let mut last: Option<BTreeSet<[u8; 32]>> = None;
+    let mut last: Option<BTreeMap<[u8; 32], BTreeSet<String>>> = None;
     let mut watch = kv.watch(DRAINED_BUCKET, b"", 256).await.ok();
     loop {
-        let set: BTreeSet<[u8; 32]> = records::list::<Drained>(&kv, DRAINED_BUCKET, "")
-            .await
-            .into_iter()
-            .filter_map(|(node, _)| PublicKey::from_str(&node).ok().map(|k| *k.as_bytes()))
-            .collect();
+        let set: BTreeMap<[u8; 32], BTreeSet<String>> =
+            records::list::<Drained>(&kv, DRAINED_BUCKET, "")
+                .await
+                .into_iter()
+                .filter_map(|(node, d)| {
+                    PublicKey::from_str(&node)
+                        .ok()
+                        .map(|k| (*k.as_bytes(), d.keep))
+                })
+                .collect();
         if last.as_ref() != Some(&set) {
             schedule.set_drained(set.clone());
             last = Some(set);

@@ -9,7 +9,7 @@
 //! share go, the version enters the history). When a step fails (a gate included), or an
 //! operator cancels, the done steps are undone newest first: `switch-back` restores the version
 //! served before, `canary-off` sends every request to it again, `unstage` drops the staging
-//! record. The outcome: `failed` when no request had reached the new version, `rolled-back` when
+//! record (written as the rollout is accepted, so it undoes `verify`). The outcome: `failed` when no request had reached the new version, `rolled-back` when
 //! some had and the rollout undid that, `superseded` when a newer rollout of the component (or
 //! the owner of a route) took its place, `cancelled` on request.
 
@@ -105,7 +105,8 @@ impl Planner for RolloutPlanner {
         // when another deployment took the route or the name: the winner's record stays.
         let undo = |s: &StepRecord| match s.name.as_str() {
             "switch" if !superseded => Some("switch-back".to_string()),
-            "distribute" => Some("unstage".to_string()),
+            // The version is staged as the rollout is accepted, before `verify`.
+            "verify" => Some("unstage".to_string()),
             name if name.starts_with("canary-") && Some(s.index) == last_share => {
                 Some("canary-off".to_string())
             }
@@ -213,7 +214,10 @@ mod tests {
     fn failures_undo_what_was_done() {
         assert_eq!(
             run(Some(("verify", "no member has it")), None),
-            (vec!["verify".to_string()], Outcome::Failed)
+            (
+                vec!["verify".to_string(), "unstage".to_string()],
+                Outcome::Failed
+            )
         );
         let (steps, outcome) = run(Some(("precompile", "does not compile")), None);
         assert_eq!(steps, ["verify", "distribute", "precompile", "unstage"]);
@@ -288,6 +292,8 @@ mod tests {
     fn a_cancel_undoes_and_a_finished_rollout_ignores_it() {
         let (steps, outcome) = run(None, Some(2));
         assert_eq!(steps, ["verify", "distribute", "unstage"]);
+        let (steps, _) = run(None, Some(1));
+        assert_eq!(steps, ["verify", "unstage"]);
         assert_eq!(outcome, Outcome::Cancelled);
         let (_, outcome) = run(None, Some(5));
         assert_eq!(outcome, Outcome::Finished);

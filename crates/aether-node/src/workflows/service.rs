@@ -153,6 +153,11 @@ impl Workflows {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What the steps run with on this node.
+    pub(crate) fn steps(&self) -> &StepContext {
+        &self.steps
+    }
+
     /// The lattice state (the records beside the journals, for status reads).
     pub(crate) fn kv(&self) -> &KvHandle {
         &self.kv

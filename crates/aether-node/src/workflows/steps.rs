@@ -135,6 +135,12 @@ async fn verify(ctx: &StepContext, input: &RolloutInput) -> Result<Value, String
 
 /// Stages the version, then waits until every live member holds its essence.
 async fn distribute(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result<Value, String> {
+    write_stage(ctx, id, input).await?;
+    wait_for(ctx, id, input, "fetch", DISTRIBUTE_TIMEOUT, |p| p.fetched).await
+}
+
+/// Writes the staging record of `id`'s version (members then fetch and compile it).
+async fn write_stage(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result<(), String> {
     let stage = Stage {
         rollout: id.to_string(),
         component: input.component.clone(),
@@ -146,7 +152,45 @@ async fn distribute(ctx: &StepContext, id: &str, input: &RolloutInput) -> Result
     if current.as_ref() != Some(&stage) {
         records::write(&ctx.kv, STAGE_BUCKET, &stage.key(), &stage).await?;
     }
-    wait_for(ctx, id, input, "fetch", DISTRIBUTE_TIMEOUT, |p| p.fetched).await
+    Ok(())
+}
+
+/// Stages the version as soon as its rollout is accepted, and waits (up to `timeout`) until a
+/// second live member holds the essence, so that the death of the node that took the upload
+/// cannot lose the only copy. Returns whether a second copy exists (or no other member lives).
+pub(crate) async fn stage_early(
+    ctx: &StepContext,
+    id: &str,
+    input: &RolloutInput,
+    timeout: Duration,
+) -> bool {
+    if let Err(e) = write_stage(ctx, id, input).await {
+        tracing::warn!(rollout = %id, "not staged early: {e}");
+        return false;
+    }
+    let started = Instant::now();
+    loop {
+        let live = live_members(ctx).await.map(|m| m.len()).unwrap_or(0);
+        let progress: Vec<Progress> =
+            records::list::<Progress>(&ctx.kv, PROGRESS_BUCKET, &format!("{id}/"))
+                .await
+                .into_iter()
+                .map(|(_, p)| p)
+                .filter(|p| p.essence_hash == input.essence_hash)
+                .collect();
+        let holders = progress.iter().filter(|p| p.fetched).count();
+        if live < 2 || holders >= 2 {
+            return true;
+        }
+        // A member could not fetch it: the rollout's own steps will say why.
+        if progress.iter().any(|p| p.error.is_some()) {
+            return false;
+        }
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
 }
 
 /// The members believed alive, by their key's text.

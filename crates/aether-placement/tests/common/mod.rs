@@ -55,6 +55,7 @@ pub fn deployment(name: &str, desired: u32) -> Deployment {
         },
         memory_per_replica: 64 * MIB,
         desired,
+        excluded: Vec::new(),
     }
 }
 

@@ -15,6 +15,8 @@
 #    dead, in the same run. Bar: ≤ detection + 1 s.
 # 3. Requests failed during a rollout: `wrk -t2 -c32` through one node for the whole rollout
 #    of a new version of hello-wstd. Bar: 0.
+# 4. The same during a canary rollout (`--strategy canary --steps 10,50 --interval 5s`): two
+#    versions serve at once, the share moving under load. Bar: 0.
 #
 # Installs wrk with apt-get when missing. All traffic stays on 127.0.0.61-66; every process
 # started is stopped on exit.
@@ -151,6 +153,25 @@ requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
 non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.out"); non2xx=${non2xx:-0}
 errors=$(awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}' "$WORK/wrk.out"); errors=${errors:-0}
 
+wrk_failures() { # wrk_failures FILE → non-2xx + socket errors
+  local non2xx errors
+  non2xx=$(awk '/Non-2xx/ {print $NF}' "$1"); non2xx=${non2xx:-0}
+  errors=$(awk -F'[ ,]+' '/Socket errors/ {print $4+$6+$8+$10}' "$1"); errors=${errors:-0}
+  echo $(( non2xx + errors ))
+}
+
+log "requests during a canary rollout of hello-wstd under wrk -c32"
+project "$WORK/hello" hello target/fixtures/hello-wstd.wasm /hello 3
+wrk -t2 -c32 -d25s "http://$(ip 4):$HTTP_PORT/hello" >"$WORK/wrk-canary.out" 2>&1 &
+wrk_pid=$!
+sleep 2
+t0=$(now_ms)
+"$ALK" --node "$(admin 1)" deploy "$WORK/hello" --no-build --strategy canary --steps 10,50 --interval 5s >"$WORK/canary.out"
+canary_ms=$(( $(now_ms) - t0 ))
+wait "$wrk_pid"
+canary_requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-canary.out")
+canary_failed=$(wrk_failures "$WORK/wrk-canary.out")
+
 echo "## Rollouts: 5 nodes on loopback ($PROFILE build)"
 echo
 echo "| measurement | figure | reference, same run | ratio | bar |"
@@ -159,3 +180,4 @@ echo "| deploy → every node serves the 18 MB Python component | $rollout_ms ms
 echo "| driver SIGKILLed → next epoch taken | ${taken_ms:-none} ms | death detected after ${dead_ms:-never} ms | $( [ -n "$taken_ms" ] && [ -n "$dead_ms" ] && echo "+$(( taken_ms - dead_ms )) ms" ) | ≤ detection + 1000 ms |"
 echo "| that rollout ended | $state | | | finished |"
 echo "| requests failed during a hello-wstd rollout ($hello_ms ms) under wrk -c32 | $(( non2xx + errors )) of $requests | | | 0 |"
+echo "| requests failed during a hello-wstd canary (10%, 50%, 5 s each; $canary_ms ms) under wrk -c32 | $canary_failed of $canary_requests | | | 0 |"

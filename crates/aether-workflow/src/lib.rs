@@ -13,8 +13,8 @@
 //!
 //! # Records
 //!
-//! See [`record`]: a definition, a control record (pause, cancel), one lease per epoch, one
-//! record per (step, epoch), one end per epoch. Every key but the control record has a single
+//! See [`record`]: a definition, a control record (pause, hold before a named step, cancel), one
+//! lease per epoch, one record per (step, epoch), one end per epoch. Every key but the control record has a single
 //! writer, so the lattice state's last-writer-wins rule never has to choose between two versions
 //! of one: the journal is a grow-only set of records, and [`Journal`] folds it by epoch. Nodes
 //! holding the same records give the same answers, whatever order they arrived in.

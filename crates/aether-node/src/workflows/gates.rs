@@ -160,11 +160,15 @@ pub(crate) async fn set_share(
             .map(|hosts| {
                 hosts
                     .iter()
-                    .filter(|h| h.healthy)
+                    .filter(|h| h.healthy && h.instances > 0)
                     .map(|h| h.id.to_string())
                     .collect()
             })
             .unwrap_or_default();
+        // Scaled to zero: the hosts that start it later load the canary as they do.
+        if hosts.is_empty() {
+            return Ok(json!({ "weight": weight, "hosts": 0 }));
+        }
         let (_, _, reports) = records::canary_health(&ctx.kv, id).await;
         let applied = |host: &String| {
             reports
@@ -172,7 +176,7 @@ pub(crate) async fn set_share(
                 .any(|(k, h)| k.ends_with(host.as_str()) && h.weight == weight)
         };
         let waiting: Vec<&String> = hosts.iter().filter(|h| !applied(h)).collect();
-        if !hosts.is_empty() && waiting.is_empty() {
+        if waiting.is_empty() {
             return Ok(json!({
                 "weight": weight,
                 "hosts": hosts.len(),
@@ -180,21 +184,17 @@ pub(crate) async fn set_share(
             }));
         }
         if started.elapsed() > LOAD_TIMEOUT {
-            return Err(if hosts.is_empty() {
-                format!("`{}` has no live host to run a canary", input.component)
-            } else {
-                format!(
-                    "{} of {} hosts did not load the new version within {} s: {}",
-                    waiting.len(),
-                    hosts.len(),
-                    LOAD_TIMEOUT.as_secs(),
-                    waiting
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            });
+            return Err(format!(
+                "{} of {} hosts did not load the new version within {} s: {}",
+                waiting.len(),
+                hosts.len(),
+                LOAD_TIMEOUT.as_secs(),
+                waiting
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

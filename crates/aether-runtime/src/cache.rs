@@ -4,6 +4,7 @@ use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -20,6 +21,9 @@ pub enum CacheOutcome {
     Uncached,
 }
 
+/// A lock on one cache entry while it is looked up or compiled.
+type EntryLock = Arc<std::sync::Mutex<()>>;
+
 /// Directory of precompiled components.
 ///
 /// File names are `<sha256 of the component>-<arch>-<os>-<engine fingerprint>.cwasm`,
@@ -31,12 +35,19 @@ pub enum CacheOutcome {
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: Option<PathBuf>,
+    /// One lock per cache entry being looked up or compiled, so that two loads of the same
+    /// component at once (a rollout's precompile and a deploy, say) compile it once: the second
+    /// waits and finds the first one's entry.
+    compiling: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, EntryLock>>>,
 }
 
 impl CompileCache {
     /// A cache in `dir` (created on first write), or a disabled one for `None`.
     pub fn new(dir: Option<PathBuf>) -> Self {
-        Self { dir }
+        Self {
+            dir,
+            compiling: Arc::default(),
+        }
     }
 
     /// The cache directory, if enabled.
@@ -98,7 +109,39 @@ impl CompileCache {
         worker: Option<crate::compile::Worker<'_>>,
     ) -> wasmtime::Result<(Component, CacheOutcome)> {
         let entry = self.entry(engine, content_hash);
-        if let Some(path) = &entry
+        let lock = entry.as_ref().map(|path| {
+            self.compiling
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(path.clone())
+                .or_default()
+                .clone()
+        });
+        let result = {
+            let _held = lock
+                .as_ref()
+                .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+            self.get_or_compile_locked(engine, entry.as_deref(), wasm, component_name, worker)
+        };
+        if let (Some(lock), Some(path)) = (lock, &entry) {
+            let mut compiling = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+            // Forget the lock once nobody else holds or waits for it.
+            if Arc::strong_count(&lock) == 2 {
+                compiling.remove(path);
+            }
+        }
+        result
+    }
+
+    fn get_or_compile_locked(
+        &self,
+        engine: &Engine,
+        entry: Option<&Path>,
+        wasm: &[u8],
+        component_name: &str,
+        worker: Option<crate::compile::Worker<'_>>,
+    ) -> wasmtime::Result<(Component, CacheOutcome)> {
+        if let Some(path) = entry
             && path.exists()
         {
             match map_entry(engine, path) {

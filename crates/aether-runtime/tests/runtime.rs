@@ -108,6 +108,33 @@ async fn second_load_comes_from_the_compile_cache() {
     assert_eq!(call(&again, "/").await.0, 200);
 }
 
+#[test]
+fn loads_of_one_component_at_once_compile_it_once() {
+    let dir = tempfile::tempdir().expect("cache dir");
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 8,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let wasm = fixture("probe");
+    let outcomes: Vec<CacheOutcome> = std::thread::scope(|s| {
+        let loads: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| rt.precompile(&manifest(""), &wasm).expect("compiles")))
+            .collect();
+        loads
+            .into_iter()
+            .map(|l| l.join().expect("thread"))
+            .collect()
+    });
+    let misses = outcomes
+        .iter()
+        .filter(|o| **o == CacheOutcome::Miss)
+        .count();
+    assert_eq!(misses, 1, "{outcomes:?}");
+    assert_eq!(rt.metrics().cache_misses.get(), 1);
+}
+
 #[tokio::test]
 async fn unwritable_cache_still_serves() {
     let dir = tempfile::tempdir().expect("tempdir");

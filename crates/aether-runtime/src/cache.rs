@@ -156,7 +156,7 @@ impl CompileCache {
                 }
             }
         }
-        if let (Some(worker), Some(path)) = (worker, &entry) {
+        if let (Some(worker), Some(path)) = (worker, entry) {
             let started = std::time::Instant::now();
             match compile_with_worker(engine, &worker, wasm, path) {
                 Ok(component) => {
@@ -188,7 +188,7 @@ impl CompileCache {
         let Some(path) = entry else {
             return Ok((component, CacheOutcome::Uncached));
         };
-        if let Err(err) = write_entry(&path, &component) {
+        if let Err(err) = write_entry(path, &component) {
             tracing::warn!(
                 component = component_name,
                 path = %path.display(),
@@ -197,7 +197,7 @@ impl CompileCache {
             return Ok((component, CacheOutcome::Uncached));
         }
         // Serve the mapped file rather than the heap copy the compiler left.
-        match map_entry(engine, &path) {
+        match map_entry(engine, path) {
             Ok(mapped) => Ok((mapped, CacheOutcome::Miss)),
             Err(_) => Ok((component, CacheOutcome::Miss)),
         }

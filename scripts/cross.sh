@@ -52,6 +52,8 @@ fi
 
 # --- Rust target --------------------------------------------------------------------------
 ./scripts/toolchain.sh "$TARGET"
+# clang for aether-ebpf's programs, before the first build runs its build script.
+./scripts/system-deps.sh
 
 # --- build --------------------------------------------------------------------------------
 upper="$(tr 'a-z-' 'A-Z_' <<<"$TARGET")"

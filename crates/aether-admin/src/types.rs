@@ -196,6 +196,9 @@ pub struct MemberJson {
     pub load: LoadJson,
     /// Whether this row is the node that answered.
     pub is_self: bool,
+    /// How its mesh traffic is admitted: `ebpf`, `ebpf-audit` or `userspace`.
+    #[serde(default)]
+    pub data_plane: String,
 }
 
 /// A member's resources.

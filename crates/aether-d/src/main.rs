@@ -109,6 +109,16 @@ struct Args {
     /// Serve alone: no mesh, even when the node could be admitted.
     #[arg(long, conflicts_with_all = ["join", "invite", "invite_file"])]
     no_mesh: bool,
+    /// The kernel data plane: `auto` loads the eBPF admission filter on the mesh's interfaces
+    /// where the kernel allows it (else says why and admits in userspace), `on` makes a load
+    /// failure fatal, `off` admits in userspace, `audit` counts what the filter would drop and
+    /// drops nothing.
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_ebpf)]
+    ebpf: aether_ebpf::Mode,
+}
+
+fn parse_ebpf(text: &str) -> Result<aether_ebpf::Mode, String> {
+    text.parse()
 }
 
 /// Parses `HOST:PORT` or `HOST` (mesh port 7946).
@@ -270,6 +280,7 @@ fn main() -> anyhow::Result<()> {
         config.workers = w.max(1);
     }
     config.drain_timeout = args.drain_timeout;
+    config.ebpf = args.ebpf;
     config.runtime.max_instances = args.max_instances;
     if !args.compile_in_process {
         config.runtime.compile_worker = std::env::current_exe().ok();

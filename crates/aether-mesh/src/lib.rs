@@ -102,6 +102,10 @@ pub struct MeshConfig {
     /// memory). Default: what the machine has ([`local_capacity`]); a small
     /// device may advertise less.
     pub capacity: Capacity,
+    /// Labels the node itself advertises beside the built-in ones, such as `data-plane`
+    /// (how its mesh traffic is admitted). A certificate label with the same key is not
+    /// advertised. Default: none.
+    pub extra_labels: Vec<(String, String)>,
 }
 
 impl MeshConfig {
@@ -126,6 +130,7 @@ impl MeshConfig {
             join_retry: Duration::from_secs(2),
             max_sends_in_flight: 512,
             capacity: local_capacity(),
+            extra_labels: Vec::new(),
         }
     }
 }
@@ -237,7 +242,7 @@ impl Mesh {
         let incarnation = admission::next_incarnation(&config.data_dir)?;
         let mut labels: Vec<(String, String)> = Vec::new();
         for (k, v) in admission.admitted.labels().iter() {
-            if BUILTIN_LABELS.contains(&k) {
+            if BUILTIN_LABELS.contains(&k) || config.extra_labels.iter().any(|(e, _)| e == k) {
                 tracing::warn!(
                     label = %k,
                     "the node certificate carries label {k}={v}, a built-in label; advertising \
@@ -248,6 +253,7 @@ impl Mesh {
             labels.push((k.to_string(), v.to_string()));
         }
         labels.extend(builtin_labels(&config.capacity));
+        labels.extend(config.extra_labels.iter().cloned());
         let metadata = Metadata {
             region: admission
                 .admitted

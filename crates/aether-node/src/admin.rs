@@ -37,6 +37,8 @@ pub(crate) struct Services {
     pub(crate) node_id: aether_identity::PublicKey,
     pub(crate) replication: Option<Arc<crate::replication::Replication>>,
     pub(crate) lattice: Option<Lattice>,
+    /// The kernel data plane, when it is loaded.
+    pub(crate) data_plane: Option<Arc<crate::data_plane::KernelDataPlane>>,
 }
 
 /// The placement and forwarding of a node in a lattice.
@@ -77,6 +79,7 @@ impl AdminState {
             replication,
             workflows,
             lattice,
+            data_plane,
         } = services;
         let mut registry = Registry::default();
         deployments.runtime().metrics().register(&mut registry);
@@ -90,6 +93,9 @@ impl AdminState {
         if let Some((schedule, forwarder)) = &lattice {
             forwarder.metrics.register(&mut registry);
             schedule.metrics.register(&mut registry);
+        }
+        if let Some(plane) = &data_plane {
+            plane.metrics.register(&mut registry);
         }
         Self {
             verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),
@@ -412,7 +418,13 @@ fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Response<AdminBo
 
 fn member_json(m: &aether_mesh::Member) -> MemberJson {
     let meta = m.metadata.clone().unwrap_or_default();
+    let data_plane = meta
+        .labels
+        .iter()
+        .find(|(k, _)| k == "data-plane")
+        .map_or_else(|| "userspace".to_string(), |(_, v)| v.clone());
     MemberJson {
+        data_plane,
         id: m.id.to_string(),
         state: m.status.as_str().to_string(),
         region: meta.region,
@@ -454,6 +466,7 @@ async fn nodes(state: &AdminState) -> Response<AdminBody> {
             capacity: CapacityJson::default(),
             load: LoadJson::default(),
             is_self: true,
+            data_plane: "userspace".into(),
         };
         return json(StatusCode::OK, &vec![me]);
     };

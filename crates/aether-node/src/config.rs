@@ -39,6 +39,8 @@ pub struct NodeConfig {
     pub runtime: RuntimeConfig,
     /// Lattice membership; `None` serves alone.
     pub mesh: Option<MeshSetup>,
+    /// Whether the kernel admits mesh traffic (`--ebpf`). Default: where it loads.
+    pub ebpf: aether_ebpf::Mode,
 }
 
 /// How a node takes its place in a lattice.
@@ -74,6 +76,7 @@ impl NodeConfig {
             restore: true,
             runtime: RuntimeConfig::default(),
             mesh: None,
+            ebpf: aether_ebpf::Mode::Auto,
         }
     }
 

@@ -493,6 +493,14 @@ impl Forwarder {
         })
     }
 
+    /// The ports of the ingress threads' own endpoints bound so far.
+    pub(crate) fn direct_ports(&self) -> Vec<u16> {
+        self.direct_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Gives ingress thread `index` its own QUIC endpoint (a sibling of the
     /// node's, on an ephemeral port of the same address), run by the
     /// calling thread's runtime. Requests this thread forwards leave from

@@ -13,6 +13,7 @@ mod admin_response;
 mod autoscale;
 mod canary;
 mod config;
+mod data_plane;
 mod deployment_load;
 mod deployments;
 mod forward;
@@ -74,10 +75,23 @@ impl Node {
         ))
         .context("loading the node key")?;
         tracing::info!(node = %node_key.public(), "node identity");
-        let mesh = match &config.mesh {
-            Some(setup) => start_mesh(&config, setup, &node_key).await?,
+        // The kernel data plane first, so the node advertises how its mesh traffic is admitted.
+        let mut data_plane = match &config.mesh {
+            Some(setup) => data_plane::load(config.ebpf, setup.config.listen)?,
             None => None,
         };
+        let mesh = match &config.mesh {
+            Some(setup) => {
+                let name = data_plane
+                    .as_ref()
+                    .map_or(aether_ebpf::data_plane_name(None), |p| p.name());
+                start_mesh(&config, setup, &node_key, name).await?
+            }
+            None => None,
+        };
+        if mesh.is_none() {
+            data_plane = None;
+        }
         // Listeners first, so a taken port fails with its own error before
         // anything else (the state store, restored deployments) is opened.
         let http_listener = bind(config.http_addr, "HTTP ingress", "--listen")?;
@@ -167,6 +181,14 @@ impl Node {
                     deployments.clone(),
                     schedule.sampler().clone(),
                 )));
+                if let Some(plane) = &data_plane {
+                    let forwarder = forwarder.clone();
+                    lattice_tasks.push(tokio::spawn(
+                        plane
+                            .clone()
+                            .follow(mesh.clone(), move || forwarder.direct_ports()),
+                    ));
+                }
                 lattice_tasks.push(tokio::spawn(autoscale::run(
                     kv.clone(),
                     schedule.clone(),
@@ -198,6 +220,7 @@ impl Node {
                 replication: replication.clone(),
                 workflows,
                 lattice,
+                data_plane,
             },
             http_addr,
             admin_addr,
@@ -232,6 +255,7 @@ async fn start_mesh(
     config: &NodeConfig,
     setup: &MeshSetup,
     node_key: &aether_identity::SecretKey,
+    data_plane: &str,
 ) -> anyhow::Result<Option<aether_mesh::MeshHandle>> {
     let request = aether_mesh::AdmissionRequest {
         invite: setup.invite.as_ref(),
@@ -283,6 +307,9 @@ async fn start_mesh(
     if mesh_config.version.is_empty() {
         mesh_config.version = env!("CARGO_PKG_VERSION").to_string();
     }
+    mesh_config
+        .extra_labels
+        .push(("data-plane".to_string(), data_plane.to_string()));
     let listen = mesh_config.listen;
     let handle = aether_mesh::Mesh::start(mesh_config, node_key, admission)
         .await

@@ -1,0 +1,309 @@
+//! The kernel data plane on real nodes, each in a network namespace of its own joined to a hub
+//! namespace's bridge (10.233.0.0/24; all created and removed by this test): the lattice forms
+//! with the admission filter on, a stranger's datagrams are dropped in the kernel (the node's
+//! per-source counter rises, its own handshake refusals do not), a node joins with an invite
+//! while the filter is on, a revoked node's datagrams are dropped, `alkahest nodes` shows each
+//! node's data plane, and without the capability to load programs the node says so in one line
+//! and admits in userspace.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd as _;
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::block_on;
+use common::cluster::{Node, Operator, eventually, join_args, unix_now};
+use http::Method;
+use serde_json::Value;
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A hub namespace with a bridge, and one namespace per host on it; removed on drop.
+struct Network {
+    hub: String,
+    hosts: Vec<String>,
+}
+
+const SUBNET: [u8; 3] = [10, 233, 0];
+
+impl Network {
+    fn new(hosts: &[u8]) -> Self {
+        let id = std::process::id();
+        let hub = format!("aeth-hub{id}");
+        ip(&["netns", "add", &hub]);
+        let mut net = Network {
+            hub,
+            hosts: Vec::new(),
+        };
+        ip(&["-n", &net.hub, "link", "add", "br0", "type", "bridge"]);
+        ip(&[
+            "-n",
+            &net.hub,
+            "addr",
+            "add",
+            "10.233.0.254/24",
+            "dev",
+            "br0",
+        ]);
+        ip(&["-n", &net.hub, "link", "set", "br0", "up"]);
+        ip(&["-n", &net.hub, "link", "set", "lo", "up"]);
+        for &h in hosts {
+            let ns = format!("aeth-h{h}-{id}");
+            ip(&["netns", "add", &ns]);
+            net.hosts.push(ns.clone());
+            let (inner, outer) = (format!("e{h}"), format!("p{h}-{id}"));
+            ip(&[
+                "link", "add", &inner, "netns", &ns, "type", "veth", "peer", "name", &outer,
+                "netns", &net.hub,
+            ]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("10.233.0.{h}/24"),
+                "dev",
+                &inner,
+            ]);
+            ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &net.hub, "link", "set", &outer, "master", "br0"]);
+            ip(&["-n", &net.hub, "link", "set", &outer, "up"]);
+        }
+        net
+    }
+
+    fn host(&self, h: u8) -> String {
+        format!("aeth-h{h}-{}", std::process::id())
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for ns in self.hosts.iter().chain(std::iter::once(&self.hub)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Moves the calling thread (and what it starts from now on) into the named namespace.
+fn enter(name: &str) {
+    let file = std::fs::File::open(format!("/var/run/netns/{name}")).expect("netns file");
+    // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+}
+
+/// A node on host `h` of the network, started inside its namespace (through `launcher`).
+fn node_on(
+    net: &Network,
+    h: u8,
+    scratch: &std::path::Path,
+    operator: &Operator,
+    wrap: &[&str],
+) -> Node {
+    let mut node = Node::new(h, scratch, operator);
+    node.ip = Ipv4Addr::new(SUBNET[0], SUBNET[1], SUBNET[2], h);
+    node.http_port = 18080;
+    node.admin_port = 17070;
+    node.launcher = ["ip", "netns", "exec", &net.host(h)]
+        .iter()
+        .chain(wrap)
+        .map(|s| s.to_string())
+        .collect();
+    node
+}
+
+fn counter(node: &Node, name: &str, source: &str) -> f64 {
+    let needle = format!("{name}{{source=\"{source}\"}} ");
+    node.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn refused_total(node: &Node) -> f64 {
+    node.metrics()
+        .lines()
+        .filter(|l| l.starts_with("aether_mesh_refused_handshakes_total"))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+fn data_planes(node: &Node) -> Vec<(String, String)> {
+    node.members()
+        .iter()
+        .map(|m| {
+            (
+                m["mesh_addr"].as_str().unwrap_or("").to_string(),
+                m["data_plane"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Sends `n` datagrams that are not QUIC from host `h`'s namespace to `to`.
+fn flood(net: &Network, h: u8, to: SocketAddr, n: usize) {
+    let ns = net.host(h);
+    std::thread::spawn(move || {
+        enter(&ns);
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        for _ in 0..n {
+            let _ = socket.send_to(&[0x42; 1200], to);
+        }
+    })
+    .join()
+    .expect("flood");
+}
+
+#[test]
+fn the_kernel_admits_only_members_to_the_mesh() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: network namespaces and eBPF need it; nothing checked here");
+        return;
+    }
+    let net = Network::new(&[1, 2, 3, 4, 9]);
+    // Everything this test thread connects to from now on is inside the hub.
+    enter(&net.hub);
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+
+    let mut seed = node_on(&net, 1, scratch.path(), &operator, &[]);
+    seed.start(&["--ebpf".into(), "on".into()]);
+    let mut second = node_on(&net, 2, scratch.path(), &operator, &[]);
+    second.start(
+        &[
+            join_args(&seed, Some(&operator.invite())),
+            vec!["--ebpf".into(), "on".into()],
+        ]
+        .concat(),
+    );
+    let mut third = node_on(&net, 3, scratch.path(), &operator, &[]);
+    third.start(
+        &[
+            join_args(&seed, Some(&operator.invite())),
+            vec!["--ebpf".into(), "audit".into()],
+        ]
+        .concat(),
+    );
+    let ids: Vec<String> = [&seed, &second, &third].iter().map(|n| n.id()).collect();
+    eventually(
+        "the lattice forms with the filter on (a node joined with an invite through it)",
+        Duration::from_secs(60),
+        || [&seed, &second, &third].iter().all(|n| n.sees_alive(&ids)),
+    );
+    assert!(
+        seed.stderr().contains("eBPF admission filter attached"),
+        "{}",
+        seed.stderr()
+    );
+    let planes = data_planes(&seed);
+    for (addr, plane) in &planes {
+        let want = if addr.starts_with("10.233.0.3:") {
+            "ebpf-audit"
+        } else {
+            "ebpf"
+        };
+        assert_eq!(plane, want, "{planes:?}");
+    }
+
+    // A stranger's garbage: dropped in the kernel past its handshake budget.
+    let refused_before = refused_total(&seed);
+    flood(&net, 9, seed.mesh(), 2000);
+    let dropped = counter(&seed, "aether_ebpf_dropped_packets_total", "10.233.0.9");
+    let passed = counter(&seed, "aether_ebpf_passed_packets_total", "10.233.0.9");
+    eventually(
+        "the counters show the flood",
+        Duration::from_secs(5),
+        || {
+            counter(&seed, "aether_ebpf_dropped_packets_total", "10.233.0.9")
+                + counter(&seed, "aether_ebpf_passed_packets_total", "10.233.0.9")
+                >= 2000.0
+        },
+    );
+    let dropped = counter(&seed, "aether_ebpf_dropped_packets_total", "10.233.0.9").max(dropped);
+    let passed = counter(&seed, "aether_ebpf_passed_packets_total", "10.233.0.9").max(passed);
+    eprintln!("stranger: {dropped} dropped, {passed} passed (its handshake budget)");
+    assert!(dropped >= 1900.0, "dropped {dropped}, passed {passed}");
+    assert_eq!(
+        refused_total(&seed),
+        refused_before,
+        "the daemon never saw them"
+    );
+    // Members pass.
+    assert!(counter(&seed, "aether_ebpf_passed_packets_total", "10.233.0.2") > 0.0);
+    // Audit mode drops nothing: the third node counts the stranger and still hands it all over.
+    flood(&net, 9, third.mesh(), 500);
+    eventually("the audit node counts", Duration::from_secs(5), || {
+        counter(&third, "aether_ebpf_dropped_packets_total", "10.233.0.9") >= 400.0
+    });
+
+    // Revoked: the node's datagrams are dropped at the seed within a second of it learning.
+    let revocation = aether_identity::Revocation::issue(
+        &operator.root(),
+        &ids[1].parse().expect("node id"),
+        "test",
+        unix_now(),
+    )
+    .expect("revocation");
+    let _: Value = block_on(seed.client().json(
+        Method::POST,
+        "/v1/revoke",
+        Bytes::from(revocation.to_bytes()),
+    ))
+    .expect("revoke");
+    eventually(
+        "the seed shows the node revoked",
+        Duration::from_secs(10),
+        || seed.state_of(&ids[1]).is_some_and(|(s, _)| s == "revoked"),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let before = counter(&seed, "aether_ebpf_dropped_packets_total", "10.233.0.2");
+    flood(&net, 2, seed.mesh(), 100);
+    eventually(
+        "the revoked node's datagrams are dropped",
+        Duration::from_secs(5),
+        || counter(&seed, "aether_ebpf_dropped_packets_total", "10.233.0.2") >= before + 100.0,
+    );
+
+    // Without the capability to load programs: one line saying why, and the userspace path.
+    let mut plain = node_on(
+        &net,
+        4,
+        scratch.path(),
+        &operator,
+        &["setpriv", "--bounding-set=-all", "--inh-caps=-all"],
+    );
+    plain.start(&join_args(&seed, Some(&operator.invite())));
+    let plain_id = plain.id();
+    eventually(
+        "the unprivileged node joins",
+        Duration::from_secs(60),
+        || seed.sees_alive(std::slice::from_ref(&plain_id)),
+    );
+    let log = plain.stderr();
+    assert!(
+        log.contains("eBPF data plane not used") && log.contains("userspace"),
+        "{log}"
+    );
+    let planes = data_planes(&seed);
+    assert!(
+        planes
+            .iter()
+            .any(|(a, p)| a.starts_with("10.233.0.4:") && p == "userspace"),
+        "{planes:?}"
+    );
+}

@@ -1,0 +1,242 @@
+//! The kernel data plane (DESIGN §3.7): eBPF programs written in C in `bpf/`, built by clang
+//! from `build.rs`, loaded and kept in step by the node through `aya`.
+//!
+//! - `bpf/admission.c`, an XDP program on the interfaces that carry the mesh: a UDP datagram to
+//!   one of the node's mesh ports passes only when its source is an admitted, unrevoked member's
+//!   address, or an unknown source still within its handshake budget (so a node can join with an
+//!   invite); the rest is dropped before the daemon's QUIC stack sees it. Passes, drops and bytes
+//!   are counted per source. In audit mode nothing is dropped and what would be is counted.
+//!
+//! This crate's own logic is sans-IO and tested without a kernel: [`Mode`], the address keys
+//! ([`addr_key`]), and [`Changes`], which turns the wanted allow and deny sets into map updates.
+//! [`DataPlane`] is the thin shell that loads the object, attaches it and applies the updates.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+#[cfg(target_os = "linux")]
+mod loader;
+#[cfg(target_os = "linux")]
+pub use loader::DataPlane;
+
+/// How the node uses the kernel data plane (`aether-d --ebpf`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Use it where it loads; otherwise say why once and use the userspace path.
+    #[default]
+    Auto,
+    /// Use it; a load failure stops the node.
+    On,
+    /// Do not load it: the userspace path.
+    Off,
+    /// Load it, count what it would drop, drop nothing.
+    Audit,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Mode::Auto),
+            "on" => Ok(Mode::On),
+            "off" => Ok(Mode::Off),
+            "audit" => Ok(Mode::Audit),
+            other => Err(format!(
+                "unknown eBPF mode {other:?}: use auto, on, off or audit"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Auto => "auto",
+            Mode::On => "on",
+            Mode::Off => "off",
+            Mode::Audit => "audit",
+        })
+    }
+}
+
+/// What carries a node's mesh traffic: `ebpf`, `ebpf-audit` or `userspace` (as `alkahest nodes`
+/// shows it).
+pub fn data_plane_name(loaded: Option<Mode>) -> &'static str {
+    match loaded {
+        Some(Mode::Audit) => "ebpf-audit",
+        Some(_) => "ebpf",
+        None => "userspace",
+    }
+}
+
+/// The key of an address in the programs' maps: 16 bytes, IPv4 as `::ffff:a.b.c.d`.
+pub fn addr_key(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// The address a map key stands for (IPv4 when it is `::ffff:a.b.c.d`).
+pub fn key_addr(key: [u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(key);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// What the admission filter counted for one source address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceStats {
+    /// Datagrams to a mesh port passed to the node.
+    pub passed: u64,
+    /// Datagrams dropped (in audit mode: that would have been).
+    pub dropped: u64,
+    /// Bytes of the passed datagrams.
+    pub bytes: u64,
+}
+
+/// The map updates that take the kernel's allow and deny sets from what they hold to what is
+/// wanted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Addresses to add to the allow-list.
+    pub allow: Vec<IpAddr>,
+    /// Addresses to take off the allow-list.
+    pub disallow: Vec<IpAddr>,
+    /// Addresses to add to the deny-list.
+    pub deny: Vec<IpAddr>,
+    /// Addresses to take off the deny-list.
+    pub undeny: Vec<IpAddr>,
+}
+
+impl Changes {
+    /// The updates from (`allowed`, `denied`) as the kernel holds them to the wanted sets. An
+    /// address both wanted allowed and denied is denied (a revocation wins).
+    pub fn between(
+        allowed: &BTreeSet<IpAddr>,
+        denied: &BTreeSet<IpAddr>,
+        want_allowed: &BTreeSet<IpAddr>,
+        want_denied: &BTreeSet<IpAddr>,
+    ) -> Self {
+        let want_allowed: BTreeSet<IpAddr> =
+            want_allowed.difference(want_denied).copied().collect();
+        Changes {
+            allow: want_allowed.difference(allowed).copied().collect(),
+            disallow: allowed.difference(&want_allowed).copied().collect(),
+            deny: want_denied.difference(denied).copied().collect(),
+            undeny: denied.difference(want_denied).copied().collect(),
+        }
+    }
+
+    /// Whether nothing changes.
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty()
+            && self.disallow.is_empty()
+            && self.deny.is_empty()
+            && self.undeny.is_empty()
+    }
+}
+
+/// Why the data plane is not in use.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    /// The programs were not built (no clang when this crate was compiled).
+    #[error("the eBPF programs were not built into this binary (clang was missing at build time)")]
+    NotBuilt,
+    /// This operating system has no eBPF.
+    #[error("eBPF needs Linux")]
+    Unsupported,
+    /// The kernel refused to load a program or a map (often: not root, no CAP_BPF).
+    #[error("the kernel refused the eBPF programs: {0}")]
+    Load(String),
+    /// A program could not be attached to an interface.
+    #[error("could not attach the admission filter to {interface}: {reason}")]
+    Attach {
+        /// The interface.
+        interface: String,
+        /// What the kernel said.
+        reason: String,
+    },
+    /// No interface carries the mesh address.
+    #[error("no interface holds the mesh address {0}")]
+    NoInterface(IpAddr),
+    /// A map update failed.
+    #[error("eBPF map {map}: {reason}")]
+    Map {
+        /// The map.
+        map: &'static str,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A stand-in where there is no eBPF: it never loads.
+#[cfg(not(target_os = "linux"))]
+pub struct DataPlane;
+
+#[cfg(not(target_os = "linux"))]
+impl DataPlane {
+    /// Never loads here.
+    pub fn start(
+        _mode: Mode,
+        _mesh_addr: IpAddr,
+        _mesh_ports: &[u16],
+    ) -> Result<Self, DataPlaneError> {
+        Err(DataPlaneError::Unsupported)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(addrs: &[&str]) -> BTreeSet<IpAddr> {
+        addrs.iter().map(|a| a.parse().expect("address")).collect()
+    }
+
+    #[test]
+    fn keys_map_ipv4_into_ipv6_and_back() {
+        for a in ["127.0.0.5", "10.1.2.3", "::1", "fd00::7"] {
+            let addr: IpAddr = a.parse().expect("address");
+            assert_eq!(key_addr(addr_key(addr)), addr);
+        }
+        assert_eq!(
+            addr_key("1.2.3.4".parse().expect("v4"))[10..],
+            [0xff, 0xff, 1, 2, 3, 4]
+        );
+    }
+
+    #[test]
+    fn changes_take_the_maps_to_what_is_wanted_and_revocation_wins() {
+        let c = Changes::between(
+            &set(&["10.0.0.1", "10.0.0.2"]),
+            &set(&["10.0.0.9"]),
+            &set(&["10.0.0.2", "10.0.0.3", "10.0.0.4"]),
+            &set(&["10.0.0.4"]),
+        );
+        assert_eq!(c.allow, set(&["10.0.0.3"]).into_iter().collect::<Vec<_>>());
+        assert_eq!(
+            c.disallow,
+            set(&["10.0.0.1"]).into_iter().collect::<Vec<_>>()
+        );
+        assert_eq!(c.deny, set(&["10.0.0.4"]).into_iter().collect::<Vec<_>>());
+        assert_eq!(c.undeny, set(&["10.0.0.9"]).into_iter().collect::<Vec<_>>());
+        assert!(Changes::between(&set(&["::1"]), &set(&[]), &set(&["::1"]), &set(&[])).is_empty());
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for m in ["auto", "on", "off", "audit"] {
+            assert_eq!(m.parse::<Mode>().expect("mode").to_string(), m);
+        }
+        assert!("maybe".parse::<Mode>().is_err());
+        assert_eq!(data_plane_name(Some(Mode::Audit)), "ebpf-audit");
+        assert_eq!(data_plane_name(Some(Mode::Auto)), "ebpf");
+        assert_eq!(data_plane_name(None), "userspace");
+    }
+}

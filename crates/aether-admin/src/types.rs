@@ -49,6 +49,12 @@ pub struct ComponentStatus {
     /// Where it runs across the lattice (absent on a node without a lattice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<PlacementJson>,
+    /// Its virtual address (`IP:80`), when it asked for one and this node gives them out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_address: Option<String>,
+    /// Why it has no virtual address on this node although it asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_address_unavailable: Option<String>,
 }
 
 /// Where a deployment runs across the lattice, and why.

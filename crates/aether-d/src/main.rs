@@ -115,6 +115,17 @@ struct Args {
     /// drops nothing.
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_ebpf)]
     ebpf: aether_ebpf::Mode,
+    /// Range virtual addresses of components come from (`[http] virtual_address = true`).
+    #[arg(long, value_name = "CIDR", default_value = "127.77.0.0/16", value_parser = parse_vip_range)]
+    vip_range: aether_ebpf::VipRange,
+    /// The cgroup (v2 directory) whose processes reach components by virtual address. Default:
+    /// the node's own cgroup.
+    #[arg(long, value_name = "DIR")]
+    vip_cgroup: Option<PathBuf>,
+}
+
+fn parse_vip_range(text: &str) -> Result<aether_ebpf::VipRange, String> {
+    text.parse()
 }
 
 fn parse_ebpf(text: &str) -> Result<aether_ebpf::Mode, String> {
@@ -281,6 +292,8 @@ fn main() -> anyhow::Result<()> {
     }
     config.drain_timeout = args.drain_timeout;
     config.ebpf = args.ebpf;
+    config.vip_range = args.vip_range;
+    config.vip_cgroup = args.vip_cgroup.clone();
     config.runtime.max_instances = args.max_instances;
     if !args.compile_in_process {
         config.runtime.compile_worker = std::env::current_exe().ok();

@@ -307,3 +307,124 @@ fn the_kernel_admits_only_members_to_the_mesh() {
         "{planes:?}"
     );
 }
+
+/// The cgroup v2 mount: the unified hierarchy of a hybrid set-up, or the only one.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.join("cgroup.threads").exists())
+}
+
+/// A cgroup removed on drop.
+struct Cgroup(std::path::PathBuf);
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// A GET of `/` through `to`, from a Python client (inside `cgroup` when given): what it
+/// printed (`peer IP PORT STATUS BODY` or `error ...`).
+fn get_through(to: &str, cgroup: Option<&std::path::Path>) -> String {
+    let (host, port) = to.rsplit_once(':').expect("IP:PORT");
+    let script = format!(
+        "import socket\ns = socket.socket()\ns.settimeout(5)\ntry:\n    s.connect(('{host}', {port}))\n    peer = s.getpeername()\n    s.sendall(b'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n')\n    data = b''\n    while True:\n        chunk = s.recv(4096)\n        if not chunk:\n            break\n        data += chunk\n    head, _, body = data.partition(b'\\r\\n\\r\\n')\n    print('peer', peer[0], peer[1], head.split()[1].decode(), body.decode())\nexcept OSError as e:\n    print('error', e)\n"
+    );
+    let join = cgroup
+        .map(|c| format!("echo $$ > {}/cgroup.procs && ", c.display()))
+        .unwrap_or_default();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{join}exec python3 -c \"$0\""))
+        .arg(script)
+        .output()
+        .expect("python3");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn a_process_in_the_nodes_cgroup_reaches_a_component_by_its_virtual_address() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let Some(mount) = cgroup2_root().filter(|_| root) else {
+        eprintln!("not root or no cgroup v2: nothing checked here");
+        return;
+    };
+    let id = std::process::id();
+    let clients = Cgroup(mount.join(format!("aeth-clients-{id}")));
+    let elsewhere = Cgroup(mount.join(format!("aeth-elsewhere-{id}")));
+    std::fs::create_dir(&clients.0).expect("cgroup");
+    std::fs::create_dir(&elsewhere.0).expect("cgroup");
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let vip_args =
+        |dir: &std::path::Path| vec!["--vip-cgroup".to_string(), dir.display().to_string()];
+
+    // The component runs only on the second node; the first node's cgroup dials it.
+    let mut first = Node::new(156, scratch.path(), &operator);
+    first.start(&vip_args(&clients.0));
+    let mut second = Node::new(157, scratch.path(), &operator);
+    second.start(
+        &[
+            join_args(&first, Some(&operator.invite())),
+            vip_args(&elsewhere.0),
+            vec!["--label".into(), "role=worker".into()],
+        ]
+        .concat(),
+    );
+    let ids = vec![first.id(), second.id()];
+    eventually("two members", Duration::from_secs(30), || {
+        first.sees_alive(&ids) && second.sees_alive(&ids)
+    });
+    let aetherfile = "name = \"vipped\"\ncomponent = \"vipped.wasm\"\n[http]\nroutes = [\"/vipped\"]\nvirtual_address = true\n[intent]\nlabels = { role = \"worker\" }\n";
+    let essence = operator.seal(aetherfile, &common::cluster::fixture("probe"));
+    let _ = first.deploy(essence);
+    let status = |n: &Node| {
+        block_on(
+            n.client()
+                .json::<Value>(Method::GET, "/v1/components/vipped", Bytes::new()),
+        )
+        .unwrap_or(Value::Null)
+    };
+    let mut vip = String::new();
+    eventually(
+        "both nodes give it the same virtual address",
+        Duration::from_secs(30),
+        || {
+            let (a, b) = (status(&first), status(&second));
+            vip = a["virtual_address"].as_str().unwrap_or("").to_string();
+            !vip.is_empty() && a["virtual_address"] == b["virtual_address"]
+        },
+    );
+    assert!(vip.starts_with("127.77.") && vip.ends_with(":80"), "{vip}");
+
+    let mut inside = String::new();
+    eventually(
+        "a process in the cgroup gets an answer",
+        Duration::from_secs(30),
+        || {
+            inside = get_through(&vip, Some(&clients.0));
+            eprintln!("through {vip}: {inside}");
+            inside.contains(" 200 ")
+        },
+    );
+    let (ip, _) = vip.rsplit_once(':').expect("IP:PORT");
+    assert_eq!(
+        inside,
+        format!("peer {ip} 80 200 probe ok"),
+        "served on the other node, through this one"
+    );
+    let outside = get_through(&vip, None);
+    assert!(
+        outside.starts_with("error"),
+        "outside the cgroup: {outside}"
+    );
+}

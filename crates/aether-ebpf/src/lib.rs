@@ -1,6 +1,9 @@
 //! The kernel data plane (DESIGN §3.7): eBPF programs written in C in `bpf/`, built by clang
 //! from `build.rs`, loaded and kept in step by the node through `aya`.
 //!
+//! - `bpf/vip.c`, cgroup `connect4` and `getpeername4` programs: a process in the node's cgroup
+//!   that dials a component's virtual address is connected to the node's listener for that
+//!   component, and sees the virtual address as its peer ([`VirtualAddresses`], [`VipRange`]).
 //! - `bpf/admission.c`, an XDP program on the interfaces that carry the mesh: a UDP datagram to
 //!   one of the node's mesh ports passes only when its source is an admitted, unrevoked member's
 //!   address, or an unknown source still within its handshake budget (so a node can join with an
@@ -19,7 +22,11 @@ use std::str::FromStr;
 #[cfg(target_os = "linux")]
 mod loader;
 #[cfg(target_os = "linux")]
+mod vip;
+#[cfg(target_os = "linux")]
 pub use loader::DataPlane;
+#[cfg(target_os = "linux")]
+pub use vip::VirtualAddresses;
 
 /// How the node uses the kernel data plane (`aether-d --ebpf`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -86,6 +93,86 @@ pub fn key_addr(key: [u8; 16]) -> IpAddr {
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
         None => IpAddr::V6(v6),
+    }
+}
+
+/// The range virtual addresses are given from (`aether-d --vip-range`, default
+/// `127.77.0.0/16`: loopback addresses nothing else answers on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VipRange {
+    base: std::net::Ipv4Addr,
+    prefix: u8,
+}
+
+impl Default for VipRange {
+    fn default() -> Self {
+        VipRange {
+            base: std::net::Ipv4Addr::new(127, 77, 0, 0),
+            prefix: 16,
+        }
+    }
+}
+
+impl FromStr for VipRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR range such as 127.77.0.0/16"))?;
+        let base: std::net::Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("/{prefix}: the prefix must be between 8 and 30"))?;
+        let mask = u32::MAX << (32 - prefix);
+        Ok(VipRange {
+            base: std::net::Ipv4Addr::from(u32::from(base) & mask),
+            prefix,
+        })
+    }
+}
+
+impl fmt::Display for VipRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
+impl VipRange {
+    /// A virtual address for each name, the same on every node given the same names: the
+    /// name's hash picks a slot, and a name whose slot an earlier one (in name order) took gets
+    /// the next free one. The range's first and last addresses are not given out. Names beyond
+    /// the range's size get none.
+    pub fn allocate<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+    ) -> std::collections::BTreeMap<String, std::net::Ipv4Addr> {
+        let names: BTreeSet<&str> = names.into_iter().collect();
+        let size = 1u64 << (32 - self.prefix);
+        let usable = size - 2;
+        let mut taken = BTreeSet::new();
+        let mut out = std::collections::BTreeMap::new();
+        for name in names {
+            if taken.len() as u64 >= usable {
+                break;
+            }
+            // FNV-1a: stable across builds and machines.
+            let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            let mut slot = hash % usable;
+            while taken.contains(&slot) {
+                slot = (slot + 1) % usable;
+            }
+            taken.insert(slot);
+            let addr = u32::from(self.base) + 1 + slot as u32;
+            out.insert(name.to_string(), std::net::Ipv4Addr::from(addr));
+        }
+        out
     }
 }
 
@@ -227,6 +314,29 @@ mod tests {
         assert_eq!(c.deny, set(&["10.0.0.4"]).into_iter().collect::<Vec<_>>());
         assert_eq!(c.undeny, set(&["10.0.0.9"]).into_iter().collect::<Vec<_>>());
         assert!(Changes::between(&set(&["::1"]), &set(&[]), &set(&["::1"]), &set(&[])).is_empty());
+    }
+
+    #[test]
+    fn virtual_addresses_are_stable_and_distinct() {
+        let range: VipRange = "10.9.8.7/24".parse().expect("range");
+        assert_eq!(range.to_string(), "10.9.8.0/24");
+        let a = range.allocate(["shop", "cart", "search"]);
+        let b = range.allocate(["search", "shop", "cart"]);
+        assert_eq!(a, b, "the same on every node whatever the order");
+        let distinct: BTreeSet<_> = a.values().collect();
+        assert_eq!(distinct.len(), 3);
+        for addr in a.values() {
+            let last = addr.octets()[3];
+            assert!(
+                addr.octets()[..3] == [10, 9, 8] && last != 0 && last != 255,
+                "{addr}"
+            );
+        }
+        let tiny: VipRange = "10.0.0.0/30".parse().expect("range");
+        assert_eq!(tiny.allocate(["a", "b", "c"]).len(), 2, "only what fits");
+        assert!("10.0.0.0/4".parse::<VipRange>().is_err());
+        assert!("10.0.0.0".parse::<VipRange>().is_err());
+        assert_eq!(VipRange::default().to_string(), "127.77.0.0/16");
     }
 
     #[test]

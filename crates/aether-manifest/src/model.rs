@@ -270,6 +270,13 @@ pub struct Http {
     /// appear only once. Default: none, so the component gets no HTTP traffic.
     #[serde(default)]
     pub routes: Vec<Route>,
+
+    /// Whether the component gets a virtual address: a stable IPv4 address, the same on every
+    /// node, that any process in a node's cgroup reaches on port 80 with no proxy (the kernel
+    /// connects it to that node's listener for the component, which serves every request there
+    /// whatever its path). Needs the node's eBPF data plane. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub virtual_address: bool,
 }
 
 /// One HTTP route: a path prefix, optionally limited to one `Host`.

@@ -19,7 +19,7 @@ pub(crate) const SECTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("component", &["path", "build", "workdir"]),
-    ("http", &["routes"]),
+    ("http", &["routes", "virtual_address"]),
     (
         "intent",
         &[

@@ -43,6 +43,7 @@ fn minimal() {
             component: ComponentSource::Path("x.wasm".into()),
             http: Http {
                 routes: vec![Route::new("/")],
+                virtual_address: false,
             },
             intent: Intent::default(),
             limits: Limits::default(),
@@ -101,6 +102,7 @@ fn full_example_sets_every_field() {
             workdir: Some(".".into()),
         },
         http: Http {
+            virtual_address: true,
             routes: vec![
                 Route::new("/"),
                 Route::new("/static"),

@@ -39,6 +39,8 @@ pub(crate) struct Services {
     pub(crate) lattice: Option<Lattice>,
     /// The kernel data plane, when it is loaded.
     pub(crate) data_plane: Option<Arc<crate::data_plane::KernelDataPlane>>,
+    /// The virtual addresses this node gives out.
+    pub(crate) virtual_addresses: Arc<crate::virtual_addresses::VirtualAddressTable>,
 }
 
 /// The placement and forwarding of a node in a lattice.
@@ -61,9 +63,25 @@ pub(crate) struct AdminState {
     admin_addr: SocketAddr,
     started: Instant,
     max_essence_bytes: usize,
+    virtual_addresses: Arc<crate::virtual_addresses::VirtualAddressTable>,
 }
 
 impl AdminState {
+    /// Fills in `status`'s virtual address, when its component asked for one.
+    fn virtual_address(
+        &self,
+        status: &mut aether_admin::types::ComponentStatus,
+        d: &crate::deployments::Deployment,
+    ) {
+        if !d.component.manifest().http.virtual_address {
+            return;
+        }
+        match self.virtual_addresses.of(d.component.name()) {
+            Ok(addr) => status.virtual_address = addr,
+            Err(why) => status.virtual_address_unavailable = Some(why),
+        }
+    }
+
     pub(crate) fn new(
         config: &NodeConfig,
         services: Services,
@@ -80,6 +98,7 @@ impl AdminState {
             workflows,
             lattice,
             data_plane,
+            virtual_addresses,
         } = services;
         let mut registry = Registry::default();
         deployments.runtime().metrics().register(&mut registry);
@@ -111,6 +130,7 @@ impl AdminState {
             admin_addr,
             started,
             max_essence_bytes: config.max_essence_bytes,
+            virtual_addresses,
         }
     }
 }
@@ -221,6 +241,7 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
                     status.placement = schedule.placement_json(&d, false).await;
                     lattice_state(&mut status, &d);
                 }
+                state.virtual_address(&mut status, &d);
                 components.push(status);
             }
             json(
@@ -267,6 +288,7 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
                     status.placement = schedule.placement_json(&d, true).await;
                     lattice_state(&mut status, &d);
                 }
+                state.virtual_address(&mut status, &d);
                 json(StatusCode::OK, &status)
             }
             None => match crate::replication::lattice_record(&state.kv, name).await {

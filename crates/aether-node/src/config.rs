@@ -41,6 +41,11 @@ pub struct NodeConfig {
     pub mesh: Option<MeshSetup>,
     /// Whether the kernel admits mesh traffic (`--ebpf`). Default: where it loads.
     pub ebpf: aether_ebpf::Mode,
+    /// Where virtual addresses come from (`--vip-range`). Default `127.77.0.0/16`.
+    pub vip_range: aether_ebpf::VipRange,
+    /// The cgroup whose processes reach virtual addresses (`--vip-cgroup`). Default: the
+    /// node's own.
+    pub vip_cgroup: Option<PathBuf>,
 }
 
 /// How a node takes its place in a lattice.
@@ -77,6 +82,8 @@ impl NodeConfig {
             runtime: RuntimeConfig::default(),
             mesh: None,
             ebpf: aether_ebpf::Mode::Auto,
+            vip_range: aether_ebpf::VipRange::default(),
+            vip_cgroup: None,
         }
     }
 

@@ -423,6 +423,8 @@ impl Deployments {
             .into(),
             deployed_at: d.deployed_at,
             placement: None,
+            virtual_address: None,
+            virtual_address_unavailable: None,
         }
     }
 }

@@ -353,6 +353,12 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes a request head (without its length prefix).
+/// Names the component a forwarded request is for when it came through the component's
+/// virtual address (which serves every path). Set only by the node that took the request;
+/// removed from every request that arrives from a client.
+pub(crate) const COMPONENT_HEADER: http::HeaderName =
+    http::HeaderName::from_static("aether-component");
+
 fn decode_request_head(bytes: &[u8]) -> Option<(Method, String, HeaderMap)> {
     let mut r = Reader(bytes);
     if r.take(1)? != [1] {
@@ -853,7 +859,19 @@ impl Forwarder {
                         .get(header::HOST)
                         .and_then(|h| h.to_str().ok())
                         .map(str::to_string);
-                    match deployments.route(host.as_deref(), req.uri().path()) {
+                    // A request that came through a component's virtual address names it; any
+                    // other is routed by host and path, as on the ingress.
+                    let named = req
+                        .headers()
+                        .get(&COMPONENT_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    let deployment = match named {
+                        Some(name) => deployments.get(&name),
+                        None => deployments.route(host.as_deref(), req.uri().path()),
+                    };
+                    req.headers_mut().remove(&COMPONENT_HEADER);
+                    match deployment {
                         Some(d) => d.serve(req).await,
                         None => host_response(
                             StatusCode::NOT_FOUND,

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 
 use aether_runtime::{ResponseBody, host_response};
 
-use crate::deployments::Deployments;
+use crate::deployments::{Deployment, Deployments};
 use crate::forward::Forwarder;
 use crate::schedule::{RouteTo, Schedule};
 
@@ -212,6 +212,20 @@ async fn route(
         );
     };
     let mut req = req;
+    // Only a virtual-address listener may name the component a request is for.
+    req.headers_mut().remove(&crate::forward::COMPONENT_HEADER);
+    serve_deployment(routing, deployment, req, client).await
+}
+
+/// Serves a request for `deployment`: here when this node hosts it (or must, being its only
+/// way), else on a host over the mesh.
+pub(crate) async fn serve_deployment(
+    routing: &Routing,
+    deployment: Arc<Deployment>,
+    req: hyper::Request<Incoming>,
+    client: Option<std::net::SocketAddr>,
+) -> Response<ResponseBody> {
+    let mut req = req;
     if !deployment.is_hosted()
         && let Some((schedule, forwarder)) = &routing.lattice
     {
@@ -251,6 +265,7 @@ async fn route(
             Err(back) => req = *back,
         }
     }
+    req.headers_mut().remove(&crate::forward::COMPONENT_HEADER);
     let mut resp = deployment.serve(req).await;
     resp.headers_mut().remove(aether_runtime::OVERLOADED);
     resp

@@ -24,6 +24,7 @@ mod load;
 mod replication;
 mod router;
 mod schedule;
+mod virtual_addresses;
 mod workflows;
 
 pub use autoscale::{SCALE_BUCKET, ScaleRecord};
@@ -203,6 +204,12 @@ impl Node {
             deployments: deployments.clone(),
             lattice: lattice.clone(),
         });
+        let virtual_addresses = virtual_addresses::start(
+            config.ebpf,
+            config.vip_range,
+            config.vip_cgroup.clone(),
+            routing.clone(),
+        );
         let ingress = ingress::IngressThreads::start(
             http_listener,
             config.workers,
@@ -221,6 +228,7 @@ impl Node {
                 workflows,
                 lattice,
                 data_plane,
+                virtual_addresses,
             },
             http_addr,
             admin_addr,

@@ -393,6 +393,12 @@ async fn status(
                     "activation: {:.1} ms (compiled code: {})",
                     c.activation_ms, c.compile_cache
                 );
+                if let Some(vip) = &c.virtual_address {
+                    println!("address:    {vip} (virtual, from processes in a node's cgroup)");
+                }
+                if let Some(why) = &c.virtual_address_unavailable {
+                    println!("address:    none on this node: {why}");
+                }
                 if let Some(p) = &c.placement {
                     output::print_placement(p);
                 }

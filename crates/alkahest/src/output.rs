@@ -164,8 +164,8 @@ pub fn print_placement(p: &aether_admin::types::PlacementJson) {
 /// Prints `alkahest nodes` as a table, the answering node marked with `*`.
 pub fn print_members(members: &[aether_admin::types::MemberJson]) {
     println!(
-        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8}  MESH",
-        "ID", "STATE", "REGION", "RTT", "INC", "INSTANCES", "REQ/S"
+        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8} {:<10}  MESH",
+        "ID", "STATE", "REGION", "RTT", "INC", "INSTANCES", "REQ/S", "DATA PLANE"
     );
     for m in members {
         let id = m.id.trim_start_matches("ed25519:");
@@ -174,7 +174,7 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             .rtt_ms
             .map_or_else(|| "-".to_string(), |r| format!("{r:.1}ms"));
         println!(
-            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1}  {}",
+            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1} {:<10}  {}",
             if m.is_self { "*" } else { " " },
             short,
             m.state,
@@ -183,6 +183,7 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             m.incarnation,
             m.load.instances,
             m.load.request_rate,
+            m.data_plane,
             m.mesh_addr
         );
     }
@@ -196,5 +197,16 @@ pub fn print_urls(http_addr: &str, c: &ComponentStatus) {
         } else {
             println!("  http://{route} (via http://{http_addr}, Host: {route})");
         }
+    }
+    print_virtual_address(c);
+}
+
+/// Prints a component's virtual address, or why it has none here.
+fn print_virtual_address(c: &ComponentStatus) {
+    if let Some(vip) = &c.virtual_address {
+        println!("  http://{vip} (virtual address, from processes in a node's cgroup)");
+    }
+    if let Some(why) = &c.virtual_address_unavailable {
+        println!("  no virtual address on this node: {why}");
     }
 }

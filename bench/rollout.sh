@@ -4,6 +4,8 @@
 #   bench/rollout.sh                        # release build
 #   BENCH_PROFILE=dev bench/rollout.sh      # the tests' build (dependencies optimised)
 #   SKIP_BUILD=1 bench/rollout.sh           # use the binaries as built
+#   SHARED_CACHE=1 bench/rollout.sh         # the 5 nodes share one compile cache directory, as
+#                                           # nodes on one machine may (each entry compiled once)
 #
 # 1. Rollout of the 18 MB Python component to 5 nodes, all at once: `alkahest deploy` →
 #    rollout finished (every node serves it), against the floor measured in the same run:
@@ -55,6 +57,9 @@ start() { # start N [extra args...]
   local args=("$@")
   if [ "$n" != 1 ] && [ "$n" != 6 ]; then
     args+=(--join "$(ip 1):7946" --invite "$("$ALK" invite --expires 1h)")
+  fi
+  if [ "${SHARED_CACHE:-0}" = 1 ] && [ "$n" != 6 ]; then
+    args+=(--cache-dir "$WORK/shared-cache")
   fi
   "$D" --data-dir "$WORK/data$n" --bind "$(ip "$n")" --http-port "$HTTP_PORT" \
     --admin-port "$ADMIN_PORT" "${args[@]}" >>"$WORK/node$n.log" 2>&1 &
@@ -172,7 +177,7 @@ wait "$wrk_pid"
 canary_requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-canary.out")
 canary_failed=$(wrk_failures "$WORK/wrk-canary.out")
 
-echo "## Rollouts: 5 nodes on loopback ($PROFILE build)"
+echo "## Rollouts: 5 nodes on loopback ($PROFILE build$( [ "${SHARED_CACHE:-0}" = 1 ] && echo ", one compile cache shared by the 5 nodes"))"
 echo
 echo "| measurement | figure | reference, same run | ratio | bar |"
 echo "|---|---:|---:|---:|---|"

@@ -116,6 +116,7 @@ impl AdminState {
         if let Some(plane) = &data_plane {
             plane.metrics.register(&mut registry);
         }
+        virtual_addresses.register(&mut registry);
         Self {
             verifier: Verifier::new(config.admin_keys.clone(), config.admin_window),
             deployments,

@@ -26,14 +26,33 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 /// The port a virtual address answers on.
 const VIP_PORT: u16 = 80;
 
-/// The virtual addresses this node gives out, for status.
+/// Labels naming a component.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ComponentLabel {
+    component: String,
+}
+
+/// The virtual addresses this node gives out, for status, and the connections made through them.
 pub(crate) struct VirtualAddressTable {
     current: ArcSwap<BTreeMap<String, SocketAddrV4>>,
     /// Why there are none, when the kernel programs are not in use.
     unavailable: Option<String>,
+    connections: prometheus_client::metrics::family::Family<
+        ComponentLabel,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 impl VirtualAddressTable {
+    /// Registers `aether_ebpf_vip_connections_total`.
+    pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "aether_ebpf_vip_connections",
+            "Connections the kernel made to a component through its virtual address, from this node's cgroup",
+            self.connections.clone(),
+        );
+    }
+
     /// The address of `name`, or why it has none here (when it asked for one).
     pub(crate) fn of(&self, name: &str) -> Result<Option<String>, String> {
         if let Some(a) = self.current.load().get(name) {
@@ -86,6 +105,7 @@ pub(crate) fn start(
     let table = Arc::new(VirtualAddressTable {
         current: ArcSwap::from_pointee(BTreeMap::new()),
         unavailable,
+        connections: Default::default(),
     });
     if let Some(kernel) = kernel {
         tokio::spawn(follow(kernel, range, routing, table.clone()));
@@ -115,6 +135,9 @@ impl Kernel {
     ) -> Result<(), aether_ebpf::DataPlaneError> {
         Ok(())
     }
+    fn connections(&self) -> Vec<(SocketAddrV4, u64)> {
+        Vec::new()
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -135,6 +158,7 @@ async fn follow(
     table: Arc<VirtualAddressTable>,
 ) {
     let mut listeners: BTreeMap<String, Listener> = BTreeMap::new();
+    let mut counted: BTreeMap<SocketAddrV4, u64> = BTreeMap::new();
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     loop {
         tick.tick().await;
@@ -178,6 +202,17 @@ async fn follow(
         if let Err(e) = kernel.set(&kernel_table) {
             tracing::warn!("virtual addresses not updated in the kernel: {e}");
             continue;
+        }
+        for (vip, total) in kernel.connections() {
+            let before = counted.insert(vip, total).unwrap_or(0);
+            if let Some((name, _)) = status.iter().find(|(_, v)| **v == vip) {
+                table
+                    .connections
+                    .get_or_create(&ComponentLabel {
+                        component: name.clone(),
+                    })
+                    .inc_by(total.saturating_sub(before));
+            }
         }
         if **table.current.load() != status {
             for (name, vip) in &status {

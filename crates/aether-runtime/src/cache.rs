@@ -21,6 +21,24 @@ pub enum CacheOutcome {
     Uncached,
 }
 
+/// An exclusive lock on `entry`'s lock file (`<entry>.lock`), held until dropped; `None` when
+/// it cannot be had (the directory is read-only, say), which costs at most a second compile.
+fn lock_file(entry: &Path) -> Option<fs::File> {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(".lock");
+    if let Some(dir) = entry.parent() {
+        let _ = fs::create_dir_all(dir);
+    }
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(PathBuf::from(name))
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
 /// A lock on one cache entry while it is looked up or compiled.
 type EntryLock = Arc<std::sync::Mutex<()>>;
 
@@ -121,6 +139,9 @@ impl CompileCache {
             let _held = lock
                 .as_ref()
                 .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+            // Nodes on one machine may share the cache directory: a file lock makes the others
+            // wait for the one compiling and then map its entry, instead of compiling it again.
+            let _file_lock = entry.as_deref().and_then(lock_file);
             self.get_or_compile_locked(engine, entry.as_deref(), wasm, component_name, worker)
         };
         if let (Some(lock), Some(path)) = (lock, &entry) {

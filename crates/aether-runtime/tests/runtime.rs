@@ -135,6 +135,40 @@ fn loads_of_one_component_at_once_compile_it_once() {
     assert_eq!(rt.metrics().cache_misses.get(), 1);
 }
 
+#[test]
+fn runtimes_sharing_a_cache_directory_compile_once() {
+    let dir = tempfile::tempdir().expect("cache dir");
+    let runtimes: Vec<Runtime> = (0..2)
+        .map(|_| {
+            Runtime::new(RuntimeConfig {
+                cache_dir: Some(dir.path().to_path_buf()),
+                max_instances: 8,
+                ..RuntimeConfig::default()
+            })
+            .expect("runtime")
+        })
+        .collect();
+    let wasm = fixture("probe");
+    let outcomes: Vec<CacheOutcome> = std::thread::scope(|s| {
+        let loads: Vec<_> = runtimes
+            .iter()
+            .map(|rt| s.spawn(|| rt.precompile(&manifest(""), &wasm).expect("compiles")))
+            .collect();
+        loads
+            .into_iter()
+            .map(|l| l.join().expect("thread"))
+            .collect()
+    });
+    let misses = outcomes
+        .iter()
+        .filter(|o| **o == CacheOutcome::Miss)
+        .count();
+    assert_eq!(
+        misses, 1,
+        "nodes on one machine sharing a cache: {outcomes:?}"
+    );
+}
+
 #[tokio::test]
 async fn unwritable_cache_still_serves() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -249,6 +249,14 @@ pub enum DataPlaneError {
         /// What the kernel said.
         reason: String,
     },
+    /// The virtual-address programs could not be attached to a cgroup.
+    #[error("could not attach the virtual-address programs to the cgroup {cgroup}: {reason}")]
+    AttachCgroup {
+        /// The cgroup directory.
+        cgroup: String,
+        /// What the kernel said.
+        reason: String,
+    },
     /// No interface carries the mesh address.
     #[error("no interface holds the mesh address {0}")]
     NoInterface(IpAddr),
@@ -260,6 +268,19 @@ pub enum DataPlaneError {
         /// What failed.
         reason: String,
     },
+}
+
+/// An error and its sources, in one line (aya's errors keep the kernel's reason in a source).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A stand-in where there is no eBPF: it never loads.

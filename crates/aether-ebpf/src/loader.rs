@@ -106,7 +106,7 @@ impl DataPlane {
             .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))?;
         program
             .load()
-            .map_err(|e| DataPlaneError::Load(format!("{e:#}")))?;
+            .map_err(|e| DataPlaneError::Load(crate::error_chain(&e)))?;
         for interface in &interfaces {
             let attached = program
                 .attach(interface, XdpFlags::default())
@@ -114,7 +114,7 @@ impl DataPlane {
             if let Err(e) = attached {
                 return Err(DataPlaneError::Attach {
                     interface: interface.clone(),
-                    reason: format!("{e:#}"),
+                    reason: crate::error_chain(&e),
                 });
             }
         }

@@ -9,7 +9,7 @@ use aya::maps::{HashMap, MapData};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader, Pod};
 
-use crate::DataPlaneError;
+use crate::{DataPlaneError, error_chain};
 
 /// The cgroup programs, as clang built them (empty when clang was missing).
 static VIP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip.o"));
@@ -63,8 +63,8 @@ impl VirtualAddresses {
         if VIP.is_empty() {
             return Err(DataPlaneError::NotBuilt);
         }
-        let dir = std::fs::File::open(cgroup).map_err(|e| DataPlaneError::Attach {
-            interface: cgroup.display().to_string(),
+        let dir = std::fs::File::open(cgroup).map_err(|e| DataPlaneError::AttachCgroup {
+            cgroup: cgroup.display().to_string(),
             reason: e.to_string(),
         })?;
         let mut ebpf = EbpfLoader::new()
@@ -81,9 +81,9 @@ impl VirtualAddresses {
                 .map_err(|e| DataPlaneError::Load(format!("{name}: {e:#}")))?;
             program
                 .attach(&dir, CgroupAttachMode::Single)
-                .map_err(|e| DataPlaneError::Attach {
-                    interface: cgroup.display().to_string(),
-                    reason: format!("{name}: {e:#}"),
+                .map_err(|e| DataPlaneError::AttachCgroup {
+                    cgroup: cgroup.display().to_string(),
+                    reason: format!("{name}: {}", error_chain(&e)),
                 })?;
         }
         Ok(Self {

@@ -21,19 +21,19 @@ pub enum CacheOutcome {
     Uncached,
 }
 
-/// An exclusive lock on `entry`'s lock file (`<entry>.lock`), held until dropped; `None` when
-/// it cannot be had (the directory is read-only, say), which costs at most a second compile.
+/// An exclusive lock on `entry`'s lock file (`locks/<entry name>.lock` beside it), held until
+/// dropped; `None` when it cannot be had (a read-only directory, say), which costs at most a
+/// second compile.
 fn lock_file(entry: &Path) -> Option<fs::File> {
-    let mut name = entry.as_os_str().to_owned();
+    let dir = entry.parent()?.join("locks");
+    fs::create_dir_all(&dir).ok()?;
+    let mut name = entry.file_name()?.to_owned();
     name.push(".lock");
-    if let Some(dir) = entry.parent() {
-        let _ = fs::create_dir_all(dir);
-    }
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(PathBuf::from(name))
+        .open(dir.join(name))
         .ok()?;
     file.lock().ok()?;
     Some(file)
@@ -49,7 +49,8 @@ type EntryLock = Arc<std::sync::Mutex<()>>;
 /// compiled for another. The components' own bytes are kept beside them in
 /// `wasm/<sha256>.wasm`, read again only to activate an unloaded component
 /// whose compiled code is gone, so they need not stay in memory. Writes go to a temporary file renamed into place, so
-/// a crash mid-write never leaves a truncated entry behind.
+/// a crash mid-write never leaves a truncated entry behind. An entry is looked up and compiled
+/// under a lock (`locks/<entry>.lock`), so nodes sharing the directory compile it once.
 #[derive(Debug, Clone)]
 pub struct CompileCache {
     dir: Option<PathBuf>,

@@ -243,8 +243,21 @@ fn the_kernel_admits_only_members_to_the_mesh() {
         refused_before,
         "the daemon never saw them"
     );
-    // Members pass.
+    // Members pass, and what the seed sends them is counted on the way out.
     assert!(counter(&seed, "aether_ebpf_passed_packets_total", "10.233.0.2") > 0.0);
+    let sent = |n: &Node, to: &str| {
+        let needle = format!("aether_ebpf_sent_packets_total{{destination=\"{to}\"}} ");
+        n.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    eventually(
+        "outbound datagrams are counted",
+        Duration::from_secs(5),
+        || sent(&seed, "10.233.0.2") > 0.0 && sent(&seed, "10.233.0.3") > 0.0,
+    );
     // Audit mode drops nothing: the third node counts the stranger and still hands it all over.
     flood(&net, 9, third.mesh(), 500);
     eventually("the audit node counts", Duration::from_secs(5), || {

@@ -11,6 +11,9 @@
 // no budget. Everything else is dropped here, before the daemon's QUIC stack sees it; in audit
 // mode it is counted as dropped and passed. Passes, drops and bytes are counted per source in
 // `sources`. Traffic to other ports is not looked at.
+//
+// A second program, on tc egress, counts what the node's mesh endpoints send, per destination
+// (`sent`), and lets every packet go on.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -40,6 +43,11 @@ struct source_stats {
     // Start of this source's handshake window (ns, monotonic) and datagrams passed in it.
     __u64 window_start;
     __u64 window_count;
+};
+
+struct peer_stats {
+    __u64 packets;
+    __u64 bytes;
 };
 
 struct rate {
@@ -99,6 +107,13 @@ struct {
     __type(key, __u32);
     __type(value, struct rate);
 } unknown_rate SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct addr);
+    __type(value, struct peer_stats);
+} sent SEC(".maps");
 
 static __always_inline struct source_stats *stats_of(struct addr *src) {
     struct source_stats *s = bpf_map_lookup_elem(&sources, src);
@@ -195,6 +210,61 @@ int admission(struct xdp_md *ctx) {
     }
     __sync_fetch_and_add(&s->dropped, 1);
     return cfg->audit ? XDP_PASS : XDP_DROP;
+}
+
+// tcx: let the packet go on to the next program, if any, then the stack.
+#define TCX_NEXT -1
+
+SEC("classifier")
+int egress(struct __sk_buff *skb) {
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > end)
+        return TCX_NEXT;
+    struct endpoint src = {};
+    struct addr dst = {};
+    struct udphdr *udp;
+    if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+        struct iphdr *ip = (void *)(eth + 1);
+        if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP)
+            return TCX_NEXT;
+        udp = (void *)ip + ip->ihl * 4;
+        src.addr.bytes[10] = 0xff;
+        src.addr.bytes[11] = 0xff;
+        __builtin_memcpy(&src.addr.bytes[12], &ip->saddr, 4);
+        dst.bytes[10] = 0xff;
+        dst.bytes[11] = 0xff;
+        __builtin_memcpy(&dst.bytes[12], &ip->daddr, 4);
+    } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+        struct ipv6hdr *ip6 = (void *)(eth + 1);
+        if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_UDP)
+            return TCX_NEXT;
+        udp = (void *)(ip6 + 1);
+        __builtin_memcpy(src.addr.bytes, &ip6->saddr, 16);
+        __builtin_memcpy(dst.bytes, &ip6->daddr, 16);
+    } else {
+        return TCX_NEXT;
+    }
+    if ((void *)(udp + 1) > end)
+        return TCX_NEXT;
+    src.port = bpf_ntohs(udp->source);
+    if (!bpf_map_lookup_elem(&endpoints, &src)) {
+        struct endpoint any = {.port = src.port};
+        if (!bpf_map_lookup_elem(&endpoints, &any))
+            return TCX_NEXT;
+    }
+    struct peer_stats *p = bpf_map_lookup_elem(&sent, &dst);
+    if (!p) {
+        struct peer_stats zero = {};
+        bpf_map_update_elem(&sent, &dst, &zero, BPF_NOEXIST);
+        p = bpf_map_lookup_elem(&sent, &dst);
+        if (!p)
+            return TCX_NEXT;
+    }
+    __sync_fetch_and_add(&p->packets, 1);
+    __sync_fetch_and_add(&p->bytes, skb->len);
+    return TCX_NEXT;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

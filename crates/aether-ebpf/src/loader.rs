@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData};
-use aya::programs::{Xdp, XdpFlags};
+use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader, Pod};
 
 use crate::{Changes, DataPlaneError, Mode, SourceStats, addr_key, key_addr};
@@ -54,6 +54,7 @@ unsafe impl Pod for Endpoint {}
 
 /// The loaded and attached admission filter.
 pub struct DataPlane {
+    counts_sent: bool,
     ebpf: Ebpf,
     mode: Mode,
     interfaces: Vec<String>,
@@ -118,7 +119,33 @@ impl DataPlane {
                 });
             }
         }
+        // Counting what the node sends needs tc egress (tcx); without it only inbound is counted.
+        let mut counts_sent = true;
+        match ebpf
+            .program_mut("egress")
+            .map(|p| -> Result<&mut SchedClassifier, _> { p.try_into() })
+        {
+            Some(Ok(egress)) => {
+                if let Err(e) = egress.load() {
+                    tracing::warn!("outbound counters off: {}", crate::error_chain(&e));
+                    counts_sent = false;
+                } else {
+                    for interface in &interfaces {
+                        if let Err(e) = egress.attach(interface, TcAttachType::Egress) {
+                            tracing::warn!(
+                                interface = %interface,
+                                "outbound counters off: {}",
+                                crate::error_chain(&e)
+                            );
+                            counts_sent = false;
+                        }
+                    }
+                }
+            }
+            _ => counts_sent = false,
+        }
         let mut plane = Self {
+            counts_sent,
             ebpf,
             mode,
             interfaces,
@@ -208,6 +235,25 @@ impl DataPlane {
             self.allowed.remove(a);
         }
         Ok(changes)
+    }
+
+    /// Whether what the node sends is counted too (tc egress attached).
+    pub fn counts_sent(&self) -> bool {
+        self.counts_sent
+    }
+
+    /// What the node's mesh endpoints sent, per destination address: (packets, bytes).
+    pub fn sent(&self) -> Vec<(IpAddr, u64, u64)> {
+        let Some(map) = self.ebpf.map("sent") else {
+            return Vec::new();
+        };
+        let Ok(sent) = HashMap::<&MapData, [u8; 16], [u64; 2]>::try_from(map) else {
+            return Vec::new();
+        };
+        sent.iter()
+            .filter_map(Result::ok)
+            .map(|(key, [packets, bytes])| (key_addr(key), packets, bytes))
+            .collect()
     }
 
     /// What the admission filter counted, per source address.

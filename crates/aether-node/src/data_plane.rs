@@ -25,12 +25,20 @@ struct SourceLabel {
     source: String,
 }
 
-/// The admission filter's counters, by source address.
+/// Labels of the outbound counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DestinationLabel {
+    destination: String,
+}
+
+/// The admission filter's counters, by source address, and what the node sent, by destination.
 #[derive(Clone, Default)]
 pub(crate) struct DataPlaneMetrics {
     passed: Family<SourceLabel, Counter>,
     dropped: Family<SourceLabel, Counter>,
     bytes: Family<SourceLabel, Counter>,
+    sent_packets: Family<DestinationLabel, Counter>,
+    sent_bytes: Family<DestinationLabel, Counter>,
 }
 
 impl DataPlaneMetrics {
@@ -51,6 +59,33 @@ impl DataPlaneMetrics {
             "Bytes of the datagrams the admission filter passed, by source",
             self.bytes.clone(),
         );
+        registry.register(
+            "aether_ebpf_sent_packets",
+            "Datagrams the node's mesh endpoints sent, by destination (counted on tc egress)",
+            self.sent_packets.clone(),
+        );
+        registry.register(
+            "aether_ebpf_sent_bytes",
+            "Bytes the node's mesh endpoints sent, by destination",
+            self.sent_bytes.clone(),
+        );
+    }
+
+    /// Adds what the node sent since the last call (`last` holds the previous readings).
+    fn update_sent(&self, now: &[(IpAddr, u64, u64)], last: &mut BTreeMap<IpAddr, (u64, u64)>) {
+        for &(addr, packets, bytes) in now {
+            let (p0, b0) = last.insert(addr, (packets, bytes)).unwrap_or_default();
+            let label = DestinationLabel {
+                destination: addr.to_string(),
+            };
+            let delta = |now: u64, then: u64| if now >= then { now - then } else { now };
+            self.sent_packets
+                .get_or_create(&label)
+                .inc_by(delta(packets, p0));
+            self.sent_bytes
+                .get_or_create(&label)
+                .inc_by(delta(bytes, b0));
+        }
     }
 
     /// Adds what the kernel counted since the last call (`last` holds the previous readings).
@@ -131,6 +166,7 @@ impl KernelDataPlane {
         ports: impl Fn() -> Vec<u16> + Send + 'static,
     ) {
         let mut last: BTreeMap<IpAddr, SourceStats> = BTreeMap::new();
+        let mut last_sent: BTreeMap<IpAddr, (u64, u64)> = BTreeMap::new();
         let mut tick = tokio::time::interval(FOLLOW_EVERY);
         loop {
             tick.tick().await;
@@ -163,9 +199,11 @@ impl KernelDataPlane {
                 if let Err(e) = plane.add_mesh_ports(&mesh_ports) {
                     tracing::warn!("mesh ports not filtered: {e}");
                 }
-                plane.sources()
+                (plane.sources(), plane.sent())
             };
+            let (sources, sent) = sources;
             self.metrics.update(&sources, &mut last);
+            self.metrics.update_sent(&sent, &mut last_sent);
         }
     }
 }

@@ -149,13 +149,12 @@ static __always_inline int within_budget(struct source_stats *s, struct config *
     return 1;
 }
 
-SEC("xdp")
-int admission(struct xdp_md *ctx) {
-    void *data = (void *)(long)ctx->data;
-    void *end = (void *)(long)ctx->data_end;
+// Whether a frame from `data` to `end` may go on: 1 to pass (not for a mesh endpoint, or
+// admitted), 0 to drop. The same decision on XDP and on tc ingress.
+static __always_inline int judge(void *data, void *end) {
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > end)
-        return XDP_PASS;
+        return 1;
 
     struct addr src = {};
     struct endpoint dst = {};
@@ -163,7 +162,7 @@ int admission(struct xdp_md *ctx) {
     if (eth->h_proto == bpf_htons(ETH_P_IP)) {
         struct iphdr *ip = (void *)(eth + 1);
         if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP)
-            return XDP_PASS;
+            return 1;
         udp = (void *)ip + ip->ihl * 4;
         src.bytes[10] = 0xff;
         src.bytes[11] = 0xff;
@@ -174,29 +173,29 @@ int admission(struct xdp_md *ctx) {
     } else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
         struct ipv6hdr *ip6 = (void *)(eth + 1);
         if ((void *)(ip6 + 1) > end || ip6->nexthdr != IPPROTO_UDP)
-            return XDP_PASS;
+            return 1;
         udp = (void *)(ip6 + 1);
         __builtin_memcpy(src.bytes, &ip6->saddr, 16);
         __builtin_memcpy(dst.addr.bytes, &ip6->daddr, 16);
     } else {
-        return XDP_PASS;
+        return 1;
     }
     if ((void *)(udp + 1) > end)
-        return XDP_PASS;
+        return 1;
     dst.port = bpf_ntohs(udp->dest);
     if (!bpf_map_lookup_elem(&endpoints, &dst)) {
         struct endpoint any = {.port = dst.port};
         if (!bpf_map_lookup_elem(&endpoints, &any))
-            return XDP_PASS;
+            return 1;
     }
 
     __u32 zero = 0;
     struct config *cfg = bpf_map_lookup_elem(&config, &zero);
     if (!cfg)
-        return XDP_PASS;
+        return 1;
     struct source_stats *s = stats_of(&src);
     if (!s)
-        return XDP_PASS;
+        return 1;
     __u64 len = (__u64)(end - data);
     int pass = 0;
     if (bpf_map_lookup_elem(&allowed, &src))
@@ -206,14 +205,32 @@ int admission(struct xdp_md *ctx) {
     if (pass) {
         __sync_fetch_and_add(&s->passed, 1);
         __sync_fetch_and_add(&s->bytes, len);
-        return XDP_PASS;
+        return 1;
     }
     __sync_fetch_and_add(&s->dropped, 1);
-    return cfg->audit ? XDP_PASS : XDP_DROP;
+    return cfg->audit ? 1 : 0;
 }
 
-// tcx: let the packet go on to the next program, if any, then the stack.
+SEC("xdp")
+int admission(struct xdp_md *ctx) {
+    void *data = (void *)(long)ctx->data;
+    void *end = (void *)(long)ctx->data_end;
+    return judge(data, end) ? XDP_PASS : XDP_DROP;
+}
+
+// tcx: let the packet go on to the next program, if any, then the stack; or drop it.
 #define TCX_NEXT -1
+#define TC_ACT_SHOT 2
+
+// The admission filter on tc ingress, where XDP does not attach.
+SEC("classifier")
+int admission_tc(struct __sk_buff *skb) {
+    // The headers judged must be in the linear part.
+    bpf_skb_pull_data(skb, 128);
+    void *data = (void *)(long)skb->data;
+    void *end = (void *)(long)skb->data_end;
+    return judge(data, end) ? TCX_NEXT : TC_ACT_SHOT;
+}
 
 SEC("classifier")
 int egress(struct __sk_buff *skb) {

@@ -69,6 +69,16 @@ impl fmt::Display for Mode {
     }
 }
 
+/// Where the admission filter runs on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// XDP, before the kernel allocates anything for the packet (native where the driver
+    /// supports it, generic otherwise).
+    Xdp,
+    /// tc ingress, where XDP does not attach.
+    Tc,
+}
+
 /// What carries a node's mesh traffic: `ebpf`, `ebpf-audit` or `userspace` (as `alkahest nodes`
 /// shows it).
 pub fn data_plane_name(loaded: Option<Mode>) -> &'static str {

@@ -10,7 +10,7 @@ use aya::maps::{Array, HashMap, MapData};
 use aya::programs::{SchedClassifier, TcAttachType, Xdp, XdpFlags};
 use aya::{Ebpf, EbpfLoader, Pod};
 
-use crate::{Changes, DataPlaneError, Mode, SourceStats, addr_key, key_addr};
+use crate::{Changes, DataPlaneError, Hook, Mode, SourceStats, addr_key, key_addr};
 
 /// The admission filter, as clang built it (empty when clang was missing).
 static ADMISSION: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/admission.o"));
@@ -54,6 +54,7 @@ unsafe impl Pod for Endpoint {}
 
 /// The loaded and attached admission filter.
 pub struct DataPlane {
+    hooks: Vec<Hook>,
     counts_sent: bool,
     ebpf: Ebpf,
     mode: Mode,
@@ -80,6 +81,17 @@ impl DataPlane {
         mesh_addr: IpAddr,
         mesh_ports: &[u16],
     ) -> Result<Self, DataPlaneError> {
+        Self::start_on(mode, mesh_addr, mesh_ports, Hook::Xdp)
+    }
+
+    /// Like [`DataPlane::start`], attaching the admission filter on `hook` (tc ingress is also
+    /// where it goes on an interface that refuses XDP).
+    pub fn start_on(
+        mode: Mode,
+        mesh_addr: IpAddr,
+        mesh_ports: &[u16],
+        hook: Hook,
+    ) -> Result<Self, DataPlaneError> {
         if ADMISSION.is_empty() {
             return Err(DataPlaneError::NotBuilt);
         }
@@ -100,24 +112,15 @@ impl DataPlane {
             };
             config.set(0, value, 0).map_err(map_err("config"))?;
         }
-        let program: &mut Xdp = ebpf
-            .program_mut("admission")
-            .ok_or_else(|| DataPlaneError::Load("no program `admission` in the object".into()))?
-            .try_into()
-            .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))?;
-        program
-            .load()
-            .map_err(|e| DataPlaneError::Load(crate::error_chain(&e)))?;
+        let mut hooks = Vec::new();
         for interface in &interfaces {
-            let attached = program
-                .attach(interface, XdpFlags::default())
-                .or_else(|_| program.attach(interface, XdpFlags::SKB_MODE));
-            if let Err(e) = attached {
-                return Err(DataPlaneError::Attach {
-                    interface: interface.clone(),
-                    reason: crate::error_chain(&e),
-                });
+            let on_xdp = hook == Hook::Xdp && attach_xdp(&mut ebpf, interface).is_ok();
+            if on_xdp {
+                hooks.push(Hook::Xdp);
+                continue;
             }
+            attach_tc(&mut ebpf, interface)?;
+            hooks.push(Hook::Tc);
         }
         // Counting what the node sends needs tc egress (tcx); without it only inbound is counted.
         let mut counts_sent = true;
@@ -145,6 +148,7 @@ impl DataPlane {
             _ => counts_sent = false,
         }
         let mut plane = Self {
+            hooks,
             counts_sent,
             ebpf,
             mode,
@@ -237,6 +241,11 @@ impl DataPlane {
         Ok(changes)
     }
 
+    /// Where the admission filter runs on each of [`DataPlane::interfaces`].
+    pub fn hooks(&self) -> &[Hook] {
+        &self.hooks
+    }
+
     /// Whether what the node sends is counted too (tc egress attached).
     pub fn counts_sent(&self) -> bool {
         self.counts_sent
@@ -279,6 +288,49 @@ impl DataPlane {
             })
             .collect()
     }
+}
+
+/// Attaches the XDP admission filter to `interface` (native, else generic).
+fn attach_xdp(ebpf: &mut Ebpf, interface: &str) -> Result<(), DataPlaneError> {
+    let program: &mut Xdp = ebpf
+        .program_mut("admission")
+        .ok_or_else(|| DataPlaneError::Load("no program `admission` in the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|e| DataPlaneError::Load(crate::error_chain(&e)))?;
+    }
+    program
+        .attach(interface, XdpFlags::default())
+        .or_else(|_| program.attach(interface, XdpFlags::SKB_MODE))
+        .map(|_| ())
+        .map_err(|e| DataPlaneError::Attach {
+            interface: interface.to_string(),
+            reason: crate::error_chain(&e),
+        })
+}
+
+/// Attaches the tc-ingress admission filter to `interface`.
+fn attach_tc(ebpf: &mut Ebpf, interface: &str) -> Result<(), DataPlaneError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut("admission_tc")
+        .ok_or_else(|| DataPlaneError::Load("no program `admission_tc` in the object".into()))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))?;
+    if program.fd().is_err() {
+        program
+            .load()
+            .map_err(|e| DataPlaneError::Load(crate::error_chain(&e)))?;
+    }
+    program
+        .attach(interface, TcAttachType::Ingress)
+        .map(|_| ())
+        .map_err(|e| DataPlaneError::Attach {
+            interface: interface.to_string(),
+            reason: crate::error_chain(&e),
+        })
 }
 
 /// The interfaces that hold `addr` (in one of their networks), or every interface that is up

@@ -1,7 +1,8 @@
 //! The admission filter in the kernel, in two network namespaces this test creates and removes
 //! (a veth pair, 10.231.0.0/24): datagrams to the mesh port from an allowed address pass, an
 //! unknown address gets its handshake budget and then is dropped, a denied (revoked) address is
-//! dropped at once, audit mode drops nothing and counts. Needs root; without it the test says so
+//! dropped at once, audit mode drops nothing and counts, and the filter on tc ingress decides the
+//! same. Needs root; without it the test says so
 //! and checks that loading fails with a clear error instead.
 
 use std::collections::BTreeSet;
@@ -10,7 +11,7 @@ use std::os::fd::AsRawFd as _;
 use std::process::Command;
 use std::time::Duration;
 
-use aether_ebpf::{DataPlane, DataPlaneError, Mode};
+use aether_ebpf::{DataPlane, DataPlaneError, Hook, Mode};
 
 const PORT: u16 = 7946;
 const NODE: &str = "10.231.0.1";
@@ -192,6 +193,23 @@ fn the_kernel_drops_what_is_not_admitted() {
         );
         let stats: std::collections::BTreeMap<IpAddr, _> = audit.sources().into_iter().collect();
         assert_eq!(stats[&STRANGER.parse::<IpAddr>().expect("ip")].dropped, 36);
+
+        // The same filter on tc ingress, where XDP does not attach.
+        drop(audit);
+        let mut tc = DataPlane::start_on(Mode::On, NODE.parse().expect("ip"), &[PORT], Hook::Tc)
+            .expect("the tc filter loads");
+        assert_eq!(tc.hooks(), [Hook::Tc]);
+        tc.set_members(&addrs(&[MEMBER]), &BTreeSet::new())
+            .expect("allow-list");
+        send(&peer_ns, MEMBER, 50);
+        send(&peer_ns, STRANGER, 100);
+        let got = drain(&socket);
+        assert_eq!(got.get(&MEMBER.parse().expect("ip")), Some(&50), "{got:?}");
+        assert_eq!(
+            got.get(&STRANGER.parse().expect("ip")),
+            Some(&64),
+            "{got:?}"
+        );
     })
     .join()
     .expect("node side");

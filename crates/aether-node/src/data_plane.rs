@@ -130,8 +130,23 @@ pub(crate) fn load(mode: Mode, listen: SocketAddr) -> anyhow::Result<Option<Arc<
     }
     match DataPlane::start(mode, listen.ip(), &[listen.port()]) {
         Ok(plane) => {
+            let hooks: Vec<String> = plane
+                .interfaces()
+                .iter()
+                .zip(plane.hooks())
+                .map(|(i, h)| {
+                    format!(
+                        "{i} ({})",
+                        if *h == aether_ebpf::Hook::Xdp {
+                            "xdp"
+                        } else {
+                            "tc"
+                        }
+                    )
+                })
+                .collect();
             tracing::info!(
-                interfaces = %plane.interfaces().join(","),
+                interfaces = %hooks.join(", "),
                 port = listen.port(),
                 "eBPF admission filter attached ({})",
                 if mode == Mode::Audit { "audit: counting, dropping nothing" } else { "dropping datagrams from non-members" }

@@ -6,7 +6,7 @@
 //! until the sender finishes its half; the host answers on the same stream
 //! with the response head, then the response body until it finishes. Bodies
 //! stream both ways under QUIC flow control, so neither node holds a whole
-//! body. Heads are length-prefixed and bounded ([`MAX_HEAD`]):
+//! body. Heads are length-prefixed and bounded ([`wire::MAX_HEAD`]):
 //!
 //! ```text
 //! request head:  u32 len | u8 version=1 | str method | str path-and-query | headers
@@ -26,6 +26,9 @@
 //! 503 marked [`OVERLOADED`] without running the component; a request
 //! without a body then goes to the next host. Among hosts about as near,
 //! the least loaded goes first ([`try_order`]).
+//!
+//! This file is the sending side; `serve` is the host's side, `wire` the head encoding and the
+//! headers that never cross a hop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,9 +38,9 @@ use std::time::{Duration, Instant};
 
 use aether_identity::NodeId;
 use aether_runtime::{HttpError, OVERLOADED, ResponseBody, host_response};
-use aether_transport::{Endpoint, IncomingStream, RecvStream, SendStream};
+use aether_transport::{Endpoint, RecvStream, SendStream};
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Body, Frame};
@@ -46,6 +49,12 @@ use prometheus_client::metrics::counter::Counter;
 use crate::deployments::Deployments;
 use crate::schedule::{Host, short};
 
+mod serve;
+mod wire;
+
+pub(crate) use wire::COMPONENT_HEADER;
+use wire::{decode_response_head, encode_request_head, pump, read_head, strip_hop_by_hop};
+
 /// Mesh channel of forwarded HTTP requests.
 pub const CHANNEL_HTTP: u8 = 4;
 /// Mesh channel on which a node says on which UDP ports of its mesh
@@ -53,8 +62,6 @@ pub const CHANNEL_HTTP: u8 = 4;
 pub const CHANNEL_DIRECT: u8 = 6;
 /// How long a host without a direct path is not asked again.
 const DIRECT_RETRY: Duration = Duration::from_secs(10);
-/// Largest request or response head.
-pub const MAX_HEAD: usize = 64 * 1024;
 /// Bytes read from a stream at once.
 const CHUNK: usize = 64 * 1024;
 /// Bound on dialing a host that has no connection yet.
@@ -238,171 +245,6 @@ fn try_order(hosts: &[Host], in_flight: impl Fn(&NodeId) -> usize, turn: usize) 
     order
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
-/// Drops hop-by-hop headers, including those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in hop {
-        headers.remove(name);
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) -> Option<()> {
-    out.extend_from_slice(&u16::try_from(s.len()).ok()?.to_be_bytes());
-    out.extend_from_slice(s);
-    Some(())
-}
-
-fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) -> Option<()> {
-    out.extend_from_slice(&u16::try_from(headers.len()).ok()?.to_be_bytes());
-    for (name, value) in headers {
-        put_str(out, name.as_str().as_bytes())?;
-        put_str(out, value.as_bytes())?;
-    }
-    Some(())
-}
-
-/// Frames a head: length prefix, then `body`. `None` over [`MAX_HEAD`].
-fn frame(body: Vec<u8>) -> Option<Vec<u8>> {
-    if body.len() > MAX_HEAD {
-        return None;
-    }
-    let mut out = Vec::with_capacity(4 + body.len());
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    Some(out)
-}
-
-fn encode_request_head(method: &Method, path: &str, headers: &HeaderMap) -> Option<Vec<u8>> {
-    let mut out = vec![1u8];
-    put_str(&mut out, method.as_str().as_bytes())?;
-    put_str(&mut out, path.as_bytes())?;
-    put_headers(&mut out, headers)?;
-    frame(out)
-}
-
-fn encode_response_head(status: StatusCode, headers: &HeaderMap) -> Option<Vec<u8>> {
-    let mut out = vec![1u8];
-    out.extend_from_slice(&status.as_u16().to_be_bytes());
-    put_headers(&mut out, headers)?;
-    frame(out)
-}
-
-/// A cursor over a head's bytes; every read is bounded.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn str(&mut self) -> Option<&'a [u8]> {
-        let n = usize::from(self.u16()?);
-        self.take(n)
-    }
-    fn headers(&mut self) -> Option<HeaderMap> {
-        let count = usize::from(self.u16()?);
-        // Each header takes at least 4 bytes: a count the head cannot hold
-        // is refused before anything is allocated for it.
-        if count > self.0.len() / 4 {
-            return None;
-        }
-        let mut headers = HeaderMap::with_capacity(count.min(64));
-        for _ in 0..count {
-            let name = HeaderName::from_bytes(self.str()?).ok()?;
-            let value = HeaderValue::from_bytes(self.str()?).ok()?;
-            headers.append(name, value);
-        }
-        Some(headers)
-    }
-}
-
-/// Decodes a request head (without its length prefix).
-/// Names the component a forwarded request is for when it came through the component's
-/// virtual address (which serves every path). Set only by the node that took the request;
-/// removed from every request that arrives from a client.
-pub(crate) const COMPONENT_HEADER: http::HeaderName =
-    http::HeaderName::from_static("aether-component");
-
-fn decode_request_head(bytes: &[u8]) -> Option<(Method, String, HeaderMap)> {
-    let mut r = Reader(bytes);
-    if r.take(1)? != [1] {
-        return None;
-    }
-    let method = Method::from_bytes(r.str()?).ok()?;
-    let path = std::str::from_utf8(r.str()?).ok()?.to_string();
-    if !path.starts_with('/') {
-        return None;
-    }
-    let headers = r.headers()?;
-    r.0.is_empty().then_some((method, path, headers))
-}
-
-/// Decodes a response head (without its length prefix).
-fn decode_response_head(bytes: &[u8]) -> Option<(StatusCode, HeaderMap)> {
-    let mut r = Reader(bytes);
-    if r.take(1)? != [1] {
-        return None;
-    }
-    let status = StatusCode::from_u16(r.u16()?).ok()?;
-    let headers = r.headers()?;
-    r.0.is_empty().then_some((status, headers))
-}
-
-/// Reads one length-prefixed head from `recv`.
-async fn read_head(recv: &mut RecvStream) -> Result<Vec<u8>, String> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len)
-        .await
-        .map_err(|e| format!("reading the head: {e}"))?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_HEAD {
-        return Err(format!(
-            "head of {len} bytes is over the {MAX_HEAD}-byte bound"
-        ));
-    }
-    let mut head = vec![0u8; len];
-    recv.read_exact(&mut head)
-        .await
-        .map_err(|e| format!("reading the head: {e}"))?;
-    Ok(head)
-}
-
 /// A body streamed from a peer.
 type PeerBody = StreamBody<
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<Frame<Bytes>, HttpError>> + Send>>,
@@ -423,27 +265,6 @@ fn stream_body(recv: RecvStream, in_flight: Option<InFlightGuard>) -> PeerBody {
         }
     });
     StreamBody::new(Box::pin(stream))
-}
-
-/// Copies `body` into `send` frame by frame and finishes it. Trailers are
-/// not carried.
-async fn pump<B>(mut body: B, mut send: SendStream) -> Result<(), String>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: std::fmt::Display,
-{
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| format!("reading the body: {e}"))?;
-        if let Ok(data) = frame.into_data()
-            && !data.is_empty()
-        {
-            send.write_chunk(data)
-                .await
-                .map_err(|e| format!("sending the body: {e}"))?;
-        }
-    }
-    let _ = send.finish();
-    Ok(())
 }
 
 /// Asks node `id`, over the node's endpoint (run by `runtime`), on which
@@ -789,152 +610,6 @@ impl Forwarder {
             format!("no host of this component answered: {last_error}\n"),
         ))
     }
-
-    /// Serves the requests peers forward to this node, on the transport's
-    /// tasks (no queue in between).
-    pub(crate) fn serve(self: &Arc<Self>, deployments: Arc<Deployments>) {
-        let _ = self.deployments.set(deployments.clone());
-        let this = self.clone();
-        self.endpoint.serve_streams(
-            CHANNEL_DIRECT,
-            Arc::new(move |mut stream| {
-                let this = this.clone();
-                Box::pin(async move {
-                    let reply: String = this
-                        .direct_ports
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                        .map(|a| format!("{a}\n"))
-                        .collect();
-                    let _ = stream.send.write_all(reply.as_bytes()).await;
-                    let _ = stream.send.finish();
-                })
-            }),
-        );
-        let this = self.clone();
-        self.endpoint.serve_streams(
-            CHANNEL_HTTP,
-            Arc::new(move |stream| {
-                let this = this.clone();
-                let deployments = deployments.clone();
-                Box::pin(async move { this.serve_one(stream, &deployments).await })
-            }),
-        );
-    }
-
-    async fn serve_one(&self, stream: IncomingStream, deployments: &Deployments) {
-        let IncomingStream {
-            from,
-            send,
-            mut recv,
-            ..
-        } = stream;
-        let head = match tokio::time::timeout(HEAD_TIMEOUT, read_head(&mut recv)).await {
-            Ok(Ok(head)) => head,
-            Ok(Err(e)) => {
-                tracing::debug!(peer = %short(&from), "forwarded request dropped: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(peer = %short(&from), "forwarded request head timed out");
-                return;
-            }
-        };
-        let resp = match decode_request_head(&head) {
-            None => host_response(
-                StatusCode::BAD_REQUEST,
-                "malformed forwarded request\n".into(),
-            ),
-            Some((method, path, headers)) => match path.parse::<http::Uri>() {
-                Err(_) => host_response(StatusCode::BAD_REQUEST, "malformed path\n".into()),
-                Ok(uri) => {
-                    self.metrics.served.inc();
-                    let mut req = Request::new(stream_body(recv, None));
-                    *req.method_mut() = method;
-                    *req.uri_mut() = uri;
-                    *req.headers_mut() = headers;
-                    let host = req
-                        .headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string);
-                    // A request that came through a component's virtual address names it; any
-                    // other is routed by host and path, as on the ingress.
-                    let named = req
-                        .headers()
-                        .get(&COMPONENT_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    let deployment = match named {
-                        Some(name) => deployments.get(&name),
-                        None => deployments.route(host.as_deref(), req.uri().path()),
-                    };
-                    req.headers_mut().remove(&COMPONENT_HEADER);
-                    match deployment {
-                        Some(d) => d.serve(req).await,
-                        None => host_response(
-                            StatusCode::NOT_FOUND,
-                            format!("no component serves {}\n", req.uri().path()),
-                        ),
-                    }
-                }
-            },
-        };
-        respond(resp, send).await;
-    }
-}
-
-/// Writes `resp` to `send`: head, then the body as it comes. The head goes
-/// out together with the body frames ready within [`COALESCE_WAIT`] (and,
-/// when that is all of it, the end of the stream), so a small response
-/// takes one write instead of three.
-async fn respond(resp: Response<ResponseBody>, mut send: SendStream) {
-    let (parts, mut body) = resp.into_parts();
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    let head = encode_response_head(parts.status, &headers).unwrap_or_else(|| {
-        encode_response_head(StatusCode::BAD_GATEWAY, &HeaderMap::new()).unwrap_or_default()
-    });
-    let mut chunks = vec![Bytes::from(head)];
-    let mut size = 0;
-    let mut ended = body.is_end_stream();
-    let mut first = true;
-    while !ended && size < COALESCE_MAX {
-        let next = if first {
-            first = false;
-            tokio::time::timeout(COALESCE_WAIT, body.frame()).await.ok()
-        } else {
-            futures::FutureExt::now_or_never(body.frame())
-        };
-        match next {
-            None => break,
-            Some(None) => ended = true,
-            Some(Some(Ok(frame))) => {
-                if let Ok(data) = frame.into_data()
-                    && !data.is_empty()
-                {
-                    size += data.len();
-                    chunks.push(data);
-                }
-            }
-            Some(Some(Err(e))) => {
-                tracing::debug!("forwarded response body: {e}");
-                let _ = send.reset(aether_transport::STREAM_REFUSED.into());
-                return;
-            }
-        }
-    }
-    if send.write_all_chunks(&mut chunks).await.is_err() {
-        return;
-    }
-    if ended {
-        let _ = send.finish();
-        return;
-    }
-    if let Err(e) = pump(body, send).await {
-        tracing::debug!("forwarded response body: {e}");
-    }
 }
 
 /// Sets `X-Forwarded-For` (appending the client), `X-Forwarded-Host` and
@@ -966,6 +641,7 @@ fn set_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>, uri_host: 
 
 #[cfg(test)]
 mod tests {
+    use super::wire::{decode_request_head, encode_response_head};
     use super::*;
 
     fn id(n: u8) -> NodeId {

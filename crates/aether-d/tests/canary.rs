@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::block_on;
-use common::cluster::{Node, Operator, eventually, fixture, lattice};
+use common::cluster::{Node, Operator, eventually, fixture, lattice, step_names};
 use http::Method;
 use serde_json::Value;
 
@@ -160,12 +160,7 @@ fn a_healthy_canary_completes_and_a_failing_one_rolls_back_by_itself() {
     loader.join().expect("load thread");
     assert_eq!(end["state"], "finished", "{end:#}");
     assert_eq!(end["strategy"], "canary", "{end:#}");
-    let names: Vec<&str> = end["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let names = step_names(&end);
     assert_eq!(
         names,
         [
@@ -237,12 +232,7 @@ fn a_healthy_canary_completes_and_a_failing_one_rolls_back_by_itself() {
         why.contains("health gate at 50%") && why.contains("5xx"),
         "{why}"
     );
-    let names: Vec<&str> = end["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let names = step_names(&end);
     assert_eq!(
         names,
         [

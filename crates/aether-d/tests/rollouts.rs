@@ -12,7 +12,7 @@ use std::time::Duration;
 use aether_admin::client::ClientError;
 use bytes::Bytes;
 use common::block_on;
-use common::cluster::{Node, Operator, eventually, fixture, lattice, metric};
+use common::cluster::{Node, Operator, eventually, fixture, lattice, metric, step_names};
 use http::{Method, StatusCode};
 use serde_json::Value;
 
@@ -102,12 +102,7 @@ fn rollouts_reach_every_node_keep_versions_and_roll_back() {
     let v1 = operator.seal(&probe_aetherfile("1"), &fixture("probe"));
     let first = start(&nodes[0], v1);
     let done = wait_state(&nodes[2], &first, "finished", Duration::from_secs(120));
-    let names: Vec<&str> = done["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let names = step_names(&done);
     assert_eq!(
         names,
         ["verify", "distribute", "precompile", "switch", "retire"],
@@ -375,12 +370,7 @@ fn a_drain_moves_replicas_off_a_node_and_undrain_lets_placement_use_it_again() {
     let drain = other.admin_json(Method::POST, &format!("/v1/drain/{host}"), Vec::new());
     let drain = drain["rollout"].as_str().expect("workflow id").to_string();
     let end = wait_state(other, &drain, "finished", Duration::from_secs(120));
-    let names: Vec<&str> = end["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let names = step_names(&end);
     assert_eq!(
         names,
         ["cordon", "move:one", "move:two", "move", "mark-drained"],

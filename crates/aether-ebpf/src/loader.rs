@@ -124,11 +124,8 @@ impl DataPlane {
         }
         // Counting what the node sends needs tc egress (tcx); without it only inbound is counted.
         let mut counts_sent = true;
-        match ebpf
-            .program_mut("egress")
-            .map(|p| -> Result<&mut SchedClassifier, _> { p.try_into() })
-        {
-            Some(Ok(egress)) => {
+        match program::<SchedClassifier>(&mut ebpf, "egress") {
+            Ok(egress) => {
                 if let Err(e) = egress.load() {
                     tracing::warn!("outbound counters off: {}", crate::error_chain(&e));
                     counts_sent = false;
@@ -290,13 +287,20 @@ impl DataPlane {
     }
 }
 
+/// The program `name` of the object, as its type.
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, DataPlaneError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataPlaneError::Load(format!("no program `{name}` in the object")))?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))
+}
+
 /// Attaches the XDP admission filter to `interface` (native, else generic).
 fn attach_xdp(ebpf: &mut Ebpf, interface: &str) -> Result<(), DataPlaneError> {
-    let program: &mut Xdp = ebpf
-        .program_mut("admission")
-        .ok_or_else(|| DataPlaneError::Load("no program `admission` in the object".into()))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))?;
+    let program: &mut Xdp = program(ebpf, "admission")?;
     if program.fd().is_err() {
         program
             .load()
@@ -314,11 +318,7 @@ fn attach_xdp(ebpf: &mut Ebpf, interface: &str) -> Result<(), DataPlaneError> {
 
 /// Attaches the tc-ingress admission filter to `interface`.
 fn attach_tc(ebpf: &mut Ebpf, interface: &str) -> Result<(), DataPlaneError> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut("admission_tc")
-        .ok_or_else(|| DataPlaneError::Load("no program `admission_tc` in the object".into()))?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))?;
+    let program: &mut SchedClassifier = program(ebpf, "admission_tc")?;
     if program.fd().is_err() {
         program
             .load()

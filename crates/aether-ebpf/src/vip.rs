@@ -71,11 +71,7 @@ impl VirtualAddresses {
             .load(VIP)
             .map_err(|e| DataPlaneError::Load(format!("{e:#}")))?;
         for name in ["connect4", "getpeername4"] {
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or_else(|| DataPlaneError::Load(format!("no program `{name}` in the object")))?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| DataPlaneError::Load(e.to_string()))?;
+            let program: &mut CgroupSockAddr = crate::loader::program(&mut ebpf, name)?;
             program
                 .load()
                 .map_err(|e| DataPlaneError::Load(format!("{name}: {e:#}")))?;

@@ -108,46 +108,18 @@ async fn second_load_comes_from_the_compile_cache() {
     assert_eq!(call(&again, "/").await.0, 200);
 }
 
-#[test]
-fn loads_of_one_component_at_once_compile_it_once() {
-    let dir = tempfile::tempdir().expect("cache dir");
-    let rt = Runtime::new(RuntimeConfig {
-        cache_dir: Some(dir.path().to_path_buf()),
+/// A runtime with its compile cache in `dir`.
+fn runtime_in(dir: &std::path::Path) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.to_path_buf()),
         max_instances: 8,
         ..RuntimeConfig::default()
     })
-    .expect("runtime");
-    let wasm = fixture("probe");
-    let outcomes: Vec<CacheOutcome> = std::thread::scope(|s| {
-        let loads: Vec<_> = (0..3)
-            .map(|_| s.spawn(|| rt.precompile(&manifest(""), &wasm).expect("compiles")))
-            .collect();
-        loads
-            .into_iter()
-            .map(|l| l.join().expect("thread"))
-            .collect()
-    });
-    let misses = outcomes
-        .iter()
-        .filter(|o| **o == CacheOutcome::Miss)
-        .count();
-    assert_eq!(misses, 1, "{outcomes:?}");
-    assert_eq!(rt.metrics().cache_misses.get(), 1);
+    .expect("runtime")
 }
 
-#[test]
-fn runtimes_sharing_a_cache_directory_compile_once() {
-    let dir = tempfile::tempdir().expect("cache dir");
-    let runtimes: Vec<Runtime> = (0..2)
-        .map(|_| {
-            Runtime::new(RuntimeConfig {
-                cache_dir: Some(dir.path().to_path_buf()),
-                max_instances: 8,
-                ..RuntimeConfig::default()
-            })
-            .expect("runtime")
-        })
-        .collect();
+/// Pre-compiles the probe on each of `runtimes` at once; returns how many compiled it.
+fn compiles_at_once(runtimes: &[&Runtime]) -> usize {
     let wasm = fixture("probe");
     let outcomes: Vec<CacheOutcome> = std::thread::scope(|s| {
         let loads: Vec<_> = runtimes
@@ -159,14 +131,27 @@ fn runtimes_sharing_a_cache_directory_compile_once() {
             .map(|l| l.join().expect("thread"))
             .collect()
     });
-    let misses = outcomes
+    outcomes
         .iter()
         .filter(|o| **o == CacheOutcome::Miss)
-        .count();
-    assert_eq!(
-        misses, 1,
-        "nodes on one machine sharing a cache: {outcomes:?}"
-    );
+        .count()
+}
+
+#[test]
+fn loads_of_one_component_at_once_compile_it_once() {
+    let dir = tempfile::tempdir().expect("cache dir");
+    let rt = runtime_in(dir.path());
+    let misses = compiles_at_once(&[&rt, &rt, &rt]);
+    assert_eq!(misses, 1);
+    assert_eq!(rt.metrics().cache_misses.get(), 1);
+}
+
+#[test]
+fn runtimes_sharing_a_cache_directory_compile_once() {
+    let dir = tempfile::tempdir().expect("cache dir");
+    let (a, b) = (runtime_in(dir.path()), runtime_in(dir.path()));
+    let misses = compiles_at_once(&[&a, &b]);
+    assert_eq!(misses, 1, "nodes on one machine sharing a cache");
 }
 
 #[tokio::test]

@@ -417,6 +417,17 @@ pub fn join_args(seed: &Node, invite: Option<&InviteToken>) -> Vec<String> {
     args
 }
 
+/// The names of a rollout's (or drain's) steps, in order, from its status JSON.
+#[allow(dead_code)]
+pub fn step_names(status: &Value) -> Vec<String> {
+    status["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_string))
+        .collect()
+}
+
 /// Polls `check` every 100 ms until it returns true, or panics with `what`.
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();

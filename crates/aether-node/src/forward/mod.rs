@@ -40,8 +40,8 @@ use aether_identity::NodeId;
 use aether_runtime::{HttpError, OVERLOADED, ResponseBody, host_response};
 use aether_transport::{Endpoint, RecvStream, SendStream};
 use bytes::Bytes;
-use http::header;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Body, Frame};
 use prometheus_client::metrics::counter::Counter;
@@ -53,7 +53,9 @@ mod serve;
 mod wire;
 
 pub(crate) use wire::COMPONENT_HEADER;
-use wire::{decode_response_head, encode_request_head, pump, read_head, strip_hop_by_hop};
+use wire::{
+    decode_response_head, encode_request_head, pump, read_head, set_forwarded, strip_hop_by_hop,
+};
 
 /// Mesh channel of forwarded HTTP requests.
 pub const CHANNEL_HTTP: u8 = 4;
@@ -612,37 +614,11 @@ impl Forwarder {
     }
 }
 
-/// Sets `X-Forwarded-For` (appending the client), `X-Forwarded-Host` and
-/// `X-Forwarded-Proto` (kept when an earlier proxy set them).
-fn set_forwarded(headers: &mut HeaderMap, client: Option<SocketAddr>, uri_host: Option<&str>) {
-    if let Some(client) = client {
-        let ip = client.ip().to_string();
-        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert("x-forwarded-for", v);
-        }
-    }
-    if !headers.contains_key("x-forwarded-host") {
-        let host = headers
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| uri_host.and_then(|h| HeaderValue::from_str(h).ok()));
-        if let Some(host) = host {
-            headers.insert("x-forwarded-host", host);
-        }
-    }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::wire::{decode_request_head, encode_response_head};
     use super::*;
+    use http::{HeaderMap, header};
 
     fn id(n: u8) -> NodeId {
         aether_identity::SecretKey::from_bytes(&[n; 32]).public()

@@ -5,6 +5,8 @@
 use aether_transport::{RecvStream, SendStream};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
+use std::net::SocketAddr;
+
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Body;
@@ -200,4 +202,35 @@ where
     }
     let _ = send.finish();
     Ok(())
+}
+
+/// Sets `X-Forwarded-For` (appending the client), `X-Forwarded-Host` and
+/// `X-Forwarded-Proto` (kept when an earlier proxy set them).
+pub(super) fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: Option<SocketAddr>,
+    uri_host: Option<&str>,
+) {
+    if let Some(client) = client {
+        let ip = client.ip().to_string();
+        let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(earlier) => format!("{earlier}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if !headers.contains_key("x-forwarded-host") {
+        let host = headers
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| uri_host.and_then(|h| HeaderValue::from_str(h).ok()));
+        if let Some(host) = host {
+            headers.insert("x-forwarded-host", host);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    }
 }

@@ -456,3 +456,13 @@ pub struct VersionJson {
     /// Whether the lattice serves it now.
     pub current: bool,
 }
+
+/// `GET /v1/settings`: the settings every node of the lattice follows, kept in the replicated
+/// state (`PUT /v1/settings/NAME` with the value as body changes one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LatticeSettings {
+    /// Every deployment gets a virtual address, as if its manifest said
+    /// `[http] virtual_address = true`.
+    pub virtual_addresses: bool,
+}

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::block_on;
-use common::cluster::{Node, Operator, eventually, join_args, unix_now};
+use common::cluster::{Node, Operator, eventually, join_args, metric, unix_now};
 use http::Method;
 use serde_json::Value;
 
@@ -439,5 +439,83 @@ fn a_process_in_the_nodes_cgroup_reaches_a_component_by_its_virtual_address() {
     assert!(
         outside.starts_with("error"),
         "outside the cgroup: {outside}"
+    );
+
+    // The kernel counted the connection and what it carried, per component.
+    let component = "{component=\"vipped\"";
+    eventually(
+        "the counters reach /metrics",
+        Duration::from_secs(10),
+        || {
+            let text = first.metrics();
+            metric(
+                &text,
+                &format!("aether_ebpf_vip_connections_total{component}}}"),
+            ) >= 1.0
+                && metric(
+                    &text,
+                    &format!("aether_ebpf_vip_bytes_total{component},direction=\"to\"}}"),
+                ) > 0.0
+                && metric(
+                    &text,
+                    &format!("aether_ebpf_vip_bytes_total{component},direction=\"from\"}}"),
+                ) >= "probe ok".len() as f64
+        },
+    );
+
+    // A component that did not ask for one gets a virtual address once the lattice gives every
+    // component one, on every node, and loses it when the setting is off again.
+    let plain = "name = \"plain\"\ncomponent = \"plain.wasm\"\n[http]\nroutes = [\"/plain\"]\n[intent]\nlabels = { role = \"worker\" }\n";
+    let _ = first.deploy(operator.seal(plain, &common::cluster::fixture("probe")));
+    let plain_status = |n: &Node| {
+        block_on(
+            n.client()
+                .json::<Value>(Method::GET, "/v1/components/plain", Bytes::new()),
+        )
+        .unwrap_or(Value::Null)
+    };
+    eventually(
+        "the plain component is deployed",
+        Duration::from_secs(30),
+        || plain_status(&first)["name"] == "plain",
+    );
+    assert!(plain_status(&first)["virtual_address"].is_null());
+    let set = |value: &'static str| {
+        block_on(second.client().json::<Value>(
+            Method::PUT,
+            "/v1/settings/virtual-addresses",
+            Bytes::from_static(value.as_bytes()),
+        ))
+        .expect("setting changed")
+    };
+    assert_eq!(set("on")["virtual_addresses"], true);
+    let mut plain_vip = String::new();
+    eventually(
+        "every node gives the plain component an address",
+        Duration::from_secs(30),
+        || {
+            let (a, b) = (plain_status(&first), plain_status(&second));
+            plain_vip = a["virtual_address"].as_str().unwrap_or("").to_string();
+            !plain_vip.is_empty() && a["virtual_address"] == b["virtual_address"]
+        },
+    );
+    assert_ne!(plain_vip, vip);
+    eventually("it answers there", Duration::from_secs(30), || {
+        get_through(&plain_vip, Some(&clients.0)).contains(" 200 probe ok")
+    });
+    let refused = block_on(second.client().json::<Value>(
+        Method::PUT,
+        "/v1/settings/virtual-addresses",
+        Bytes::from_static(b"maybe"),
+    ));
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(set("off")["virtual_addresses"], false);
+    eventually("the address is withdrawn", Duration::from_secs(30), || {
+        plain_status(&first)["virtual_address"].is_null()
+            && get_through(&plain_vip, Some(&clients.0)).starts_with("error")
+    });
+    assert_eq!(
+        status(&first)["virtual_address"].as_str(),
+        Some(vip.as_str())
     );
 }

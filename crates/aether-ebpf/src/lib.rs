@@ -281,6 +281,21 @@ pub enum DataPlaneError {
 }
 
 /// An error and its sources, in one line (aya's errors keep the kernel's reason in a source).
+/// Packets and bytes that sockets of the cgroup exchanged with a component through its virtual
+/// address, as IP packets (headers included).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Packets sent to the component.
+    pub packets_out: u64,
+    /// Bytes sent to the component.
+    pub bytes_out: u64,
+    /// Packets received from the component.
+    pub packets_in: u64,
+    /// Bytes received from the component.
+    pub bytes_in: u64,
+}
+
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

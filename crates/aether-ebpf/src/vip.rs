@@ -6,10 +6,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr};
 use aya::{Ebpf, EbpfLoader, Pod};
 
-use crate::{DataPlaneError, error_chain};
+use crate::{DataPlaneError, Traffic, error_chain};
 
 /// The cgroup programs, as clang built them (empty when clang was missing).
 static VIP: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/vip.o"));
@@ -41,6 +41,9 @@ impl From<Ipv4Port> for SocketAddrV4 {
         SocketAddrV4::new(Ipv4Addr::from(k.addr.to_ne_bytes()), k.port)
     }
 }
+
+// SAFETY: plain old data, the layout of `struct traffic` in vip.c.
+unsafe impl Pod for Traffic {}
 
 /// The virtual-address programs attached to one cgroup.
 pub struct VirtualAddresses {
@@ -77,6 +80,21 @@ impl VirtualAddresses {
                 .map_err(|e| DataPlaneError::Load(format!("{name}: {e:#}")))?;
             program
                 .attach(&dir, CgroupAttachMode::Single)
+                .map_err(|e| DataPlaneError::AttachCgroup {
+                    cgroup: cgroup.display().to_string(),
+                    reason: format!("{name}: {}", error_chain(&e)),
+                })?;
+        }
+        for (name, direction) in [
+            ("traffic_out", CgroupSkbAttachType::Egress),
+            ("traffic_in", CgroupSkbAttachType::Ingress),
+        ] {
+            let program: &mut CgroupSkb = crate::loader::program(&mut ebpf, name)?;
+            program
+                .load()
+                .map_err(|e| DataPlaneError::Load(format!("{name}: {e:#}")))?;
+            program
+                .attach(&dir, direction, CgroupAttachMode::Single)
                 .map_err(|e| DataPlaneError::AttachCgroup {
                     cgroup: cgroup.display().to_string(),
                     reason: format!("{name}: {}", error_chain(&e)),
@@ -143,6 +161,21 @@ impl VirtualAddresses {
             .iter()
             .filter_map(Result::ok)
             .map(|(k, n)| (SocketAddrV4::from(k), n))
+            .collect()
+    }
+
+    /// What went through each virtual address since the programs were loaded.
+    pub fn traffic(&self) -> Vec<(SocketAddrV4, Traffic)> {
+        let Some(map) = self.ebpf.map("vip_traffic") else {
+            return Vec::new();
+        };
+        let Ok(table) = HashMap::<&MapData, Ipv4Port, Traffic>::try_from(map) else {
+            return Vec::new();
+        };
+        table
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, t)| (SocketAddrV4::from(k), t))
             .collect()
     }
 }

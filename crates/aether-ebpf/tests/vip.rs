@@ -1,7 +1,7 @@
 //! Virtual addresses in the kernel: a cgroup this test creates and removes, the programs
 //! attached to it, a listener on loopback standing for a component. A process in the cgroup
 //! reaches the listener through the virtual address and sees that address as its peer; a process
-//! outside does not reach it. Needs root (and cgroup v2); without it the test says so.
+//! outside does not reach it. What the connection carried is counted. Needs root (and cgroup v2); without it the test says so.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -82,6 +82,11 @@ fn a_process_in_the_cgroup_reaches_a_component_by_its_virtual_address() {
     assert!(outside.starts_with("error"), "{outside}");
     let counted: BTreeMap<_, _> = vips.connections().into_iter().collect();
     assert_eq!(counted.get(&vip), Some(&1));
+    // What the connection carried: the handshake out, and back the handshake and 9 bytes.
+    let traffic: BTreeMap<_, _> = vips.traffic().into_iter().collect();
+    let t = traffic.get(&vip).copied().unwrap_or_default();
+    assert!(t.packets_out >= 2 && t.bytes_out >= 2 * 40, "{t:?}");
+    assert!(t.packets_in >= 2 && t.bytes_in >= 2 * 40 + 9, "{t:?}");
 
     // Taken out of the table, the address leads nowhere again.
     vips.set(&BTreeMap::new()).expect("table");

@@ -41,6 +41,8 @@ pub(crate) struct Services {
     pub(crate) data_plane: Option<Arc<crate::data_plane::KernelDataPlane>>,
     /// The virtual addresses this node gives out.
     pub(crate) virtual_addresses: Arc<crate::virtual_addresses::VirtualAddressTable>,
+    /// The lattice-wide settings, as this node follows them.
+    pub(crate) settings: Arc<crate::settings::Settings>,
 }
 
 /// The placement and forwarding of a node in a lattice.
@@ -64,6 +66,7 @@ pub(crate) struct AdminState {
     started: Instant,
     max_essence_bytes: usize,
     virtual_addresses: Arc<crate::virtual_addresses::VirtualAddressTable>,
+    settings: Arc<crate::settings::Settings>,
 }
 
 impl AdminState {
@@ -73,7 +76,7 @@ impl AdminState {
         status: &mut aether_admin::types::ComponentStatus,
         d: &crate::deployments::Deployment,
     ) {
-        if !d.component.manifest().http.virtual_address {
+        if !crate::virtual_addresses::wanted(d, &self.settings.get()) {
             return;
         }
         match self.virtual_addresses.of(d.component.name()) {
@@ -99,6 +102,7 @@ impl AdminState {
             lattice,
             data_plane,
             virtual_addresses,
+            settings,
         } = services;
         let mut registry = Registry::default();
         deployments.runtime().metrics().register(&mut registry);
@@ -132,6 +136,7 @@ impl AdminState {
             started,
             max_essence_bytes: config.max_essence_bytes,
             virtual_addresses,
+            settings,
         }
     }
 }
@@ -359,6 +364,9 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
                     "this node is not in a lattice: rollouts need one (POST /v1/deploy deploys here directly)",
                 ),
             }
+        }
+        (_, ["v1", "settings", rest @ ..]) => {
+            crate::settings::handle(&state.kv, &method, rest, bytes).await
         }
         (_, ["v1", "kv", rest @ ..]) => {
             crate::kv_api::handle(&state.kv, &method, rest, parts.uri.query(), bytes).await

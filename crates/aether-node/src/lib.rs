@@ -24,6 +24,7 @@ mod load;
 mod replication;
 mod router;
 mod schedule;
+mod settings;
 mod virtual_addresses;
 mod workflows;
 
@@ -204,11 +205,13 @@ impl Node {
             deployments: deployments.clone(),
             lattice: lattice.clone(),
         });
+        let settings = settings::start(kv.clone());
         let virtual_addresses = virtual_addresses::start(
             config.ebpf,
             config.vip_range,
             config.vip_cgroup.clone(),
             routing.clone(),
+            settings.clone(),
         );
         let ingress = ingress::IngressThreads::start(
             http_listener,
@@ -229,6 +232,7 @@ impl Node {
                 lattice,
                 data_plane,
                 virtual_addresses,
+                settings,
             },
             http_addr,
             admin_addr,

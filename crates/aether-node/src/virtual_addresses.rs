@@ -1,5 +1,6 @@
 //! Virtual addresses for components (DESIGN §3.7, the flat address space). Every deployment with
-//! `[http] virtual_address = true` gets an address from the node's range (`--vip-range`), the
+//! `[http] virtual_address = true` (every deployment, when the lattice setting
+//! `virtual-addresses` is on) gets an address from the node's range (`--vip-range`), the
 //! same on every node since it is computed from the deployments' names alone. This node listens
 //! for each on a loopback port of its own, serving every request there with that component
 //! (here or over the mesh, as the ingress does), and the kernel's cgroup programs connect a
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_ebpf::{Mode, VipRange};
+use aether_ebpf::{Mode, Traffic, VipRange};
 use arc_swap::ArcSwap;
 use http::StatusCode;
 use hyper::server::conn::http1;
@@ -32,25 +33,95 @@ struct ComponentLabel {
     component: String,
 }
 
-/// The virtual addresses this node gives out, for status, and the connections made through them.
+/// Labels naming a component and a direction (`to` it or `from` it).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ComponentDirection {
+    component: String,
+    direction: &'static str,
+}
+
+type CounterFamily<L> =
+    prometheus_client::metrics::family::Family<L, prometheus_client::metrics::counter::Counter>;
+
+/// The virtual addresses this node gives out, for status, and what went through them.
 pub(crate) struct VirtualAddressTable {
     current: ArcSwap<BTreeMap<String, SocketAddrV4>>,
     /// Why there are none, when the kernel programs are not in use.
     unavailable: Option<String>,
-    connections: prometheus_client::metrics::family::Family<
-        ComponentLabel,
-        prometheus_client::metrics::counter::Counter,
-    >,
+    connections: CounterFamily<ComponentLabel>,
+    packets: CounterFamily<ComponentDirection>,
+    bytes: CounterFamily<ComponentDirection>,
 }
 
 impl VirtualAddressTable {
-    /// Registers `aether_ebpf_vip_connections_total`.
+    /// Registers `aether_ebpf_vip_connections_total`, `aether_ebpf_vip_packets_total` and
+    /// `aether_ebpf_vip_bytes_total`.
     pub(crate) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "aether_ebpf_vip_connections",
             "Connections the kernel made to a component through its virtual address, from this node's cgroup",
             self.connections.clone(),
         );
+        registry.register(
+            "aether_ebpf_vip_packets",
+            "IP packets this node's cgroup sent to (direction=to) and received from (direction=from) a component through its virtual address",
+            self.packets.clone(),
+        );
+        registry.register(
+            "aether_ebpf_vip_bytes",
+            "Bytes of those packets, IP headers included",
+            self.bytes.clone(),
+        );
+    }
+
+    /// Adds the growth of each address's kernel counters since the last look (`before`).
+    fn count(
+        &self,
+        names: &BTreeMap<String, SocketAddrV4>,
+        connections: Vec<(SocketAddrV4, u64)>,
+        traffic: Vec<(SocketAddrV4, Traffic)>,
+        before: &mut BTreeMap<SocketAddrV4, (u64, Traffic)>,
+    ) {
+        let name_of = |vip: SocketAddrV4| {
+            names
+                .iter()
+                .find(|(_, v)| **v == vip)
+                .map(|(n, _)| n.clone())
+        };
+        for (vip, total) in connections {
+            let seen = &mut before.entry(vip).or_default().0;
+            let grown = total.saturating_sub(*seen);
+            *seen = total;
+            if let Some(component) = name_of(vip) {
+                self.connections
+                    .get_or_create(&ComponentLabel { component })
+                    .inc_by(grown);
+            }
+        }
+        for (vip, total) in traffic {
+            let seen = &mut before.entry(vip).or_default().1;
+            let grown = Traffic {
+                packets_out: total.packets_out.saturating_sub(seen.packets_out),
+                bytes_out: total.bytes_out.saturating_sub(seen.bytes_out),
+                packets_in: total.packets_in.saturating_sub(seen.packets_in),
+                bytes_in: total.bytes_in.saturating_sub(seen.bytes_in),
+            };
+            *seen = total;
+            let Some(component) = name_of(vip) else {
+                continue;
+            };
+            for (direction, packets, bytes) in [
+                ("to", grown.packets_out, grown.bytes_out),
+                ("from", grown.packets_in, grown.bytes_in),
+            ] {
+                let label = ComponentDirection {
+                    component: component.clone(),
+                    direction,
+                };
+                self.packets.get_or_create(&label).inc_by(packets);
+                self.bytes.get_or_create(&label).inc_by(bytes);
+            }
+        }
     }
 
     /// The address of `name`, or why it has none here (when it asked for one).
@@ -63,6 +134,15 @@ impl VirtualAddressTable {
             None => Ok(None),
         }
     }
+}
+
+/// Whether `d` gets a virtual address: its manifest asks for one, or the lattice gives every
+/// deployment one.
+pub(crate) fn wanted(
+    d: &crate::deployments::Deployment,
+    settings: &aether_admin::types::LatticeSettings,
+) -> bool {
+    settings.virtual_addresses || d.component.manifest().http.virtual_address
 }
 
 /// The cgroup v2 directory this process runs in (`/proc/self/cgroup`'s `0::` line, under the
@@ -83,6 +163,7 @@ pub(crate) fn start(
     range: VipRange,
     cgroup: Option<PathBuf>,
     routing: Arc<Routing>,
+    settings: Arc<crate::settings::Settings>,
 ) -> Arc<VirtualAddressTable> {
     let attached = if mode == Mode::Off {
         Err("the eBPF data plane is off (--ebpf off)".to_string())
@@ -106,9 +187,11 @@ pub(crate) fn start(
         current: ArcSwap::from_pointee(BTreeMap::new()),
         unavailable,
         connections: Default::default(),
+        packets: Default::default(),
+        bytes: Default::default(),
     });
     if let Some(kernel) = kernel {
-        tokio::spawn(follow(kernel, range, routing, table.clone()));
+        tokio::spawn(follow(kernel, range, routing, settings, table.clone()));
     }
     table
 }
@@ -138,6 +221,9 @@ impl Kernel {
     fn connections(&self) -> Vec<(SocketAddrV4, u64)> {
         Vec::new()
     }
+    fn traffic(&self) -> Vec<(SocketAddrV4, Traffic)> {
+        Vec::new()
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -155,17 +241,19 @@ async fn follow(
     mut kernel: Kernel,
     range: VipRange,
     routing: Arc<Routing>,
+    settings: Arc<crate::settings::Settings>,
     table: Arc<VirtualAddressTable>,
 ) {
     let mut listeners: BTreeMap<String, Listener> = BTreeMap::new();
-    let mut counted: BTreeMap<SocketAddrV4, u64> = BTreeMap::new();
+    let mut counted: BTreeMap<SocketAddrV4, (u64, Traffic)> = BTreeMap::new();
     let mut tick = tokio::time::interval(FOLLOW_EVERY);
     loop {
         tick.tick().await;
         let deployments = routing.deployments.list();
+        let settings = settings.get();
         let names: Vec<&str> = deployments
             .iter()
-            .filter(|d| d.component.manifest().http.virtual_address)
+            .filter(|d| wanted(d, &settings))
             .map(|d| d.component.name())
             .collect();
         let allocated = range.allocate(names);
@@ -203,17 +291,12 @@ async fn follow(
             tracing::warn!("virtual addresses not updated in the kernel: {e}");
             continue;
         }
-        for (vip, total) in kernel.connections() {
-            let before = counted.insert(vip, total).unwrap_or(0);
-            if let Some((name, _)) = status.iter().find(|(_, v)| **v == vip) {
-                table
-                    .connections
-                    .get_or_create(&ComponentLabel {
-                        component: name.clone(),
-                    })
-                    .inc_by(total.saturating_sub(before));
-            }
-        }
+        table.count(
+            &status,
+            kernel.connections(),
+            kernel.traffic(),
+            &mut counted,
+        );
         if **table.current.load() != status {
             for (name, vip) in &status {
                 if table.current.load().get(name) != Some(vip) {

@@ -17,7 +17,7 @@ use http_body_util::BodyExt as _;
 
 use crate::output::{self, spinner};
 use crate::project::{Project, TEMPLATE_LIB, seal};
-use crate::{Cli, Command, KvCommand, LatticeCommand, node_addr};
+use crate::{Cli, Command, KvCommand, LatticeCommand, SettingsCommand, node_addr};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let home = Home::locate();
@@ -157,6 +157,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => revoke(&home, node.as_deref(), &id, &reason, json).await,
         Command::Kv { command } => kv(&home, node.as_deref(), command).await,
+        Command::Settings { command, json } => {
+            settings(&home, node.as_deref(), command, json).await
+        }
         Command::Lattice {
             command: LatticeCommand::Init { json },
         } => {
@@ -491,6 +494,38 @@ pub(crate) async fn resolve_member(
         [] => anyhow::bail!("no member's id starts with `{id}` (see `alkahest nodes`)"),
         many => anyhow::bail!("`{id}` matches {} members; give more of the id", many.len()),
     }
+}
+
+async fn settings(
+    home: &Home,
+    node: Option<&str>,
+    command: Option<SettingsCommand>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let client = client(home, node)?;
+    let settings: aether_admin::types::LatticeSettings = match command {
+        None => {
+            client
+                .json(Method::GET, "/v1/settings", Bytes::new())
+                .await?
+        }
+        Some(SettingsCommand::Set { name, value }) => {
+            client
+                .json(
+                    Method::PUT,
+                    &format!("/v1/settings/{name}"),
+                    Bytes::from(value),
+                )
+                .await?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&settings)?);
+    } else {
+        let on = |b: bool| if b { "on" } else { "off" };
+        println!("virtual-addresses  {}", on(settings.virtual_addresses));
+    }
+    Ok(())
 }
 
 async fn revoke(

@@ -246,6 +246,14 @@ enum Command {
         #[command(flatten)]
         strategy: StrategyArgs,
     },
+    /// The lattice-wide settings every node follows: print them, or change one with `set`.
+    Settings {
+        #[command(subcommand)]
+        command: Option<SettingsCommand>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage the lattice's keys.
     Lattice {
         #[command(subcommand)]
@@ -356,6 +364,19 @@ enum RolloutCommand {
         id: String,
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `alkahest settings …`.
+#[derive(Debug, Subcommand)]
+enum SettingsCommand {
+    /// Change one setting on every node: `virtual-addresses on|off` (every component gets a
+    /// virtual address, as if its Aetherfile said `[http] virtual_address = true`).
+    Set {
+        /// The setting's name.
+        name: String,
+        /// Its new value.
+        value: String,
     },
 }
 

@@ -233,10 +233,30 @@ pub(crate) async fn serve_deployment(
             .view()
             .route(deployment.component.name(), schedule.me());
         match route {
-            RouteTo::Here => {}
+            RouteTo::Here => {
+                // Not hosted and no host to try (scaled to zero with no member to wake):
+                // served here only where the intent allows it.
+                let name = deployment.component.name();
+                if let Some(unmet) = schedule.view().unmet_here(name, schedule.me()) {
+                    return refuse_unmet(forwarder, name, &unmet, &[], "no host is placed");
+                }
+            }
             RouteTo::Hosts(hosts) => match forwarder.forward(req, &hosts, client).await {
                 Ok(resp) => return resp,
-                Err(back) => req = *back,
+                Err(unanswered) => {
+                    let name = deployment.component.name();
+                    if let Some(unmet) = schedule.view().unmet_here(name, schedule.me()) {
+                        return refuse_unmet(
+                            forwarder,
+                            name,
+                            &unmet,
+                            &unanswered.tried,
+                            &unanswered.last_error,
+                        );
+                    }
+                    forwarder.metrics.served_here.inc();
+                    req = unanswered.request;
+                }
             },
             RouteTo::Unplaced(why) => {
                 return host_response(
@@ -262,11 +282,56 @@ pub(crate) async fn serve_deployment(
     {
         match forwarder.forward(req, &others, client).await {
             Ok(resp) => return resp,
-            Err(back) => req = *back,
+            Err(unanswered) => req = unanswered.request,
         }
     }
     req.headers_mut().remove(&crate::forward::COMPONENT_HEADER);
     let mut resp = deployment.serve(req).await;
     resp.headers_mut().remove(aether_runtime::OVERLOADED);
+    resp
+}
+
+/// The answer when no host of `name` answered and this node does not meet its intent: 503,
+/// naming the constraint and the hosts tried, counted by component and constraint.
+fn refuse_unmet(
+    forwarder: &Forwarder,
+    name: &str,
+    unmet: &aether_placement::Eligibility,
+    tried: &[String],
+    last_error: &str,
+) -> Response<ResponseBody> {
+    use aether_placement::Eligibility;
+    let constraint = match unmet {
+        Eligibility::Region { .. } => "region",
+        Eligibility::Label { .. } => "label",
+        Eligibility::Arch { .. } => "arch",
+        _ => "memory",
+    };
+    forwarder
+        .metrics
+        .refused_here
+        .get_or_create(&crate::forward::RefusedLabels {
+            component: name.to_string(),
+            constraint: constraint.to_string(),
+        })
+        .inc();
+    tracing::debug!(component = name, %unmet, "no host answered; not served here");
+    let mut resp = host_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{name}: no host answered (tried {}: {}) and this node does not meet its intent ({unmet}), so it does not serve it in their place\n",
+            if tried.is_empty() {
+                "none".to_string()
+            } else {
+                tried.join(", ")
+            },
+            last_error,
+        ),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(constraint) {
+        resp.headers_mut().insert("aether-unmet-constraint", v);
+    }
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     resp
 }

@@ -122,6 +122,22 @@ fn eligibility(d: &Deployment, m: &Member, allocatable: u64) -> Eligibility {
     if d.excluded.binary_search(&m.id).is_ok() {
         return Eligibility::Excluded;
     }
+    intent_eligibility(d, m, allocatable)
+}
+
+/// The constraint of `deployment`'s intent that `member` does not meet itself (regions, labels,
+/// architecture, memory for one replica), whatever its liveness and drains; `None` when it
+/// meets them all. A node that does not host a deployment serves a request for it only when
+/// this is `None`: an intent's constraints are promises (data residency, hardware), kept even
+/// when no host can be reached.
+pub fn unmet_constraint(deployment: &Deployment, member: &Member) -> Option<Eligibility> {
+    match intent_eligibility(deployment, member, member.allocatable_memory()) {
+        Eligibility::Eligible => None,
+        other => Some(other),
+    }
+}
+
+fn intent_eligibility(d: &Deployment, m: &Member, allocatable: u64) -> Eligibility {
     if !d.intent.regions.is_empty() && !d.intent.regions.contains(&m.region) {
         return Eligibility::Region {
             region: m.region.clone(),

@@ -88,7 +88,7 @@ mod report;
 mod view;
 
 pub use autoscale::{Observed, ScaleMemory, ScalePolicy, autoscale};
-pub use explain::{Candidate, Eligibility, explain};
+pub use explain::{Candidate, Eligibility, explain, unmet_constraint};
 
 /// The member label that names its CPU architecture (a built-in label every node sets), which
 /// `intent.arch` is matched against.

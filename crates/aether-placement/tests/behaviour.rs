@@ -4,7 +4,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use aether_placement::{Constraint, Deployment, Eligibility, PlacementError, explain, place};
+use aether_placement::{
+    Constraint, Deployment, Eligibility, PlacementError, explain, place, unmet_constraint,
+};
 use common::*;
 
 fn regions_of(
@@ -172,6 +174,36 @@ fn latency_report_names_the_best_node_and_the_target() {
             .starts_with("no alive member of region sa-east has a network coordinate")
     );
     assert_eq!(p.instances("shop"), 2);
+}
+
+#[test]
+fn a_member_meets_an_intent_by_itself_or_names_what_it_lacks() {
+    let mut m = member(1, "eu-west", 4 * GIB);
+    let mut d = deployment("residency", 1);
+    assert_eq!(unmet_constraint(&d, &m), None, "no constraints");
+    m.alive = false;
+    assert_eq!(
+        unmet_constraint(&d, &m),
+        None,
+        "liveness is not a constraint"
+    );
+    d.intent.regions = vec!["us-east".into()];
+    assert_eq!(
+        unmet_constraint(&d, &m),
+        Some(Eligibility::Region {
+            region: "eu-west".into()
+        })
+    );
+    d.intent.regions = vec!["eu-west".into()];
+    d.intent.labels.insert("home".into(), "a".into());
+    assert_eq!(
+        unmet_constraint(&d, &m).map(|e| e.to_string()).as_deref(),
+        Some("no label home (intent wants home=a)")
+    );
+    m.labels.insert("home".into(), "a".into());
+    assert_eq!(unmet_constraint(&d, &m), None);
+    m.reserved_memory = 4 * GIB;
+    assert_eq!(unmet_constraint(&d, &m), Some(Eligibility::NoMemory));
 }
 
 #[test]

@@ -91,6 +91,16 @@ pub(crate) struct ForwardMetrics {
     pub served: Counter,
     /// Requests no host answered that this node served itself.
     pub served_here: Counter,
+    /// Requests no host answered that this node refused (503): it does not meet the intent.
+    pub refused_here: prometheus_client::metrics::family::Family<RefusedLabels, Counter>,
+}
+
+/// Labels of a request refused for an unmet constraint: the component, and which constraint
+/// (`region`, `label`, `arch`, `memory`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(crate) struct RefusedLabels {
+    pub component: String,
+    pub constraint: String,
 }
 
 impl ForwardMetrics {
@@ -126,7 +136,23 @@ impl ForwardMetrics {
             "Requests no host answered that this node served itself",
             self.served_here.clone(),
         );
+        registry.register(
+            "aether_forward_refused_constraint",
+            "Requests no host answered that this node refused (503) instead of serving, since it does not meet the component's intent",
+            self.refused_here.clone(),
+        );
     }
+}
+
+/// A request no host answered, handed back untouched (none of its body left this node, or it
+/// may safely go again): the caller serves it itself or refuses it.
+pub(crate) struct Unanswered<B> {
+    /// The request as it came.
+    pub(crate) request: Request<B>,
+    /// The hosts tried, in order (short ids).
+    pub(crate) tried: Vec<String>,
+    /// Why the last one did not answer.
+    pub(crate) last_error: String,
 }
 
 /// The forwarding side of one node.
@@ -505,7 +531,7 @@ impl Forwarder {
         req: Request<B>,
         hosts: &[Host],
         client: Option<SocketAddr>,
-    ) -> Result<Response<ResponseBody>, Box<Request<B>>>
+    ) -> Result<Response<ResponseBody>, Box<Unanswered<B>>>
     where
         B: Body<Data = Bytes> + Unpin + Send + 'static,
         B::Error: std::fmt::Display + Send,
@@ -536,10 +562,12 @@ impl Forwarder {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let order = try_order(hosts, |id| self.in_flight.count(id), turn);
         let tries = order.len();
+        let mut tried = Vec::with_capacity(tries);
         for (attempt, host) in order.into_iter().map(|i| &hosts[i]).enumerate() {
             if attempt > 0 {
                 self.metrics.retried.inc();
             }
+            tried.push(short(&host.id));
             let in_flight = self.in_flight.start(host.id);
             let (mut send, mut recv) = match self.open(host, head.clone()).await {
                 Ok(s) => s,
@@ -602,9 +630,12 @@ impl Forwarder {
         if let Some(body) = body
             && !(may_have_run && !retry_after_send)
         {
-            tracing::debug!("no host answered ({last_error}); serving here");
-            self.metrics.served_here.inc();
-            return Err(Box::new(Request::from_parts(parts, body)));
+            tracing::debug!("no host answered ({last_error})");
+            return Err(Box::new(Unanswered {
+                request: Request::from_parts(parts, body),
+                tried,
+                last_error,
+            }));
         }
         self.metrics.failed.inc();
         Ok(host_response(

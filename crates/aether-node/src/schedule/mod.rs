@@ -129,6 +129,19 @@ impl View {
         (!others.is_empty()).then_some(others)
     }
 
+    /// The constraint of `name`'s intent that `me` does not meet itself, when there is one (see
+    /// [`aether_placement::unmet_constraint`]); `None` also when this view has no record of
+    /// either.
+    pub(crate) fn unmet_here(
+        &self,
+        name: &str,
+        me: &NodeId,
+    ) -> Option<aether_placement::Eligibility> {
+        let deployment = self.inputs.get(name)?;
+        let member = self.members.iter().find(|m| m.id == *me.as_bytes())?;
+        aether_placement::unmet_constraint(deployment, member)
+    }
+
     /// Where a request for `name` goes from node `me`: here when `me` hosts
     /// it (or before any placement was computed); else its hosts, healthy
     /// ones first, nearest first. A deployment scaled to zero goes to its

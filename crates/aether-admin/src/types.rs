@@ -205,6 +205,13 @@ pub struct MemberJson {
     /// How its mesh traffic is admitted: `ebpf`, `ebpf-audit` or `userspace`.
     #[serde(default)]
     pub data_plane: String,
+    /// Whether members can dial it at its mesh address, as it learned from their dial-backs:
+    /// `direct`, `nat` (reached only over the connections it opens) or `unknown`.
+    #[serde(default)]
+    pub reachability: String,
+    /// The address members see it at, when that is not its mesh address (behind NAT).
+    #[serde(default)]
+    pub observed_addr: Option<String>,
 }
 
 /// A member's resources.

@@ -8,13 +8,20 @@ mod common;
 
 use std::time::Duration;
 
+use common::block_on;
 use common::cluster::{Node, Operator, eventually, fixture, join_args, metric};
 use http::Method;
 use serde_json::Value;
 
-/// The hosts `node`'s placement gives `name`, as the status lists them.
+/// The hosts `node`'s placement gives `name`, as the status lists them (none before it knows
+/// the component).
 fn hosts(node: &Node, name: &str) -> Vec<String> {
-    let status = node.admin_json(Method::GET, &format!("/v1/components/{name}"), Vec::new());
+    let status: Value = block_on(node.client().json(
+        Method::GET,
+        &format!("/v1/components/{name}"),
+        bytes::Bytes::new(),
+    ))
+    .unwrap_or(Value::Null);
     status["placement"]["hosts"]
         .as_array()
         .map(|hosts| {
@@ -58,17 +65,16 @@ fn a_node_outside_the_intent_refuses_what_it_cannot_forward() {
     };
     let mut free_host = String::new();
     eventually(
-        "both are placed and served",
+        "both are placed, alike in every view, and served",
         Duration::from_secs(60),
         || {
             let placed = hosts(&nodes[0], "pinned");
-            free_host = hosts(&nodes[0], "free")
-                .first()
-                .cloned()
-                .unwrap_or_default();
+            let free_hosts: Vec<Vec<String>> = nodes.iter().map(|n| hosts(n, "free")).collect();
+            free_host = free_hosts[0].first().cloned().unwrap_or_default();
             placed.len() == 1
                 && placed[0] == nodes[2].id()
                 && !free_host.is_empty()
+                && free_hosts.iter().all(|h| *h == [free_host.clone()])
                 && nodes
                     .iter()
                     .all(|n| n.request("GET", "/echo", b"").status == 200)

@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::admission::{self, NodeAdmission};
 use crate::metrics::MeshMetrics;
+use crate::reachability::{OBSERVED_LABEL, REACHABILITY_LABEL, Reachability};
 use crate::{
     CHANNEL_ADMISSION, CHANNEL_MEMBERSHIP, Command, Member, MemberStatus, MeshConfig, MeshError,
     RevokeOutcome, to_member_id, to_node_id,
@@ -23,6 +24,16 @@ use crate::{
 const TAG_LEDGER: u8 = 1;
 /// Tag of an admission message carrying revocations.
 const TAG_REVOCATIONS: u8 = 2;
+/// Tag of a report of the address the sender sees the receiver at (`IP:PORT` text).
+const TAG_OBSERVED: u8 = 3;
+/// Tag of a request to dial the sender back at the address it advertises.
+const TAG_DIAL_BACK: u8 = 4;
+/// Tag of the answer to [`TAG_DIAL_BACK`]: one byte, 1 when the handshake got through.
+const TAG_DIAL_BACK_RESULT: u8 = 5;
+/// How long a dial-back waits for the handshake.
+const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A member's dial-back requests are answered at most this often.
+const DIAL_BACK_EVERY: Duration = Duration::from_secs(2);
 
 pub(crate) struct Setup {
     pub config: MeshConfig,
@@ -49,6 +60,10 @@ struct Driver {
     channels: std::collections::HashMap<u8, mpsc::Sender<Message>>,
     /// The member count the SWIM timeouts were last sized for.
     sized_for: u32,
+    /// How members reach this node.
+    reachability: Reachability,
+    /// When each member's last dial-back request was answered.
+    dialled_back: std::collections::HashMap<NodeId, Instant>,
 }
 
 pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshError> {
@@ -85,6 +100,8 @@ pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshErr
         persisted_revocations,
         channels: std::collections::HashMap::new(),
         sized_for: 5,
+        reachability: Reachability::new(setup.advertise),
+        dialled_back: std::collections::HashMap::new(),
     };
     driver.record_own_admission();
     let commands = setup.commands;
@@ -236,8 +253,18 @@ impl Driver {
             Event::MemberAlive(who) => {
                 tracing::info!(member = %who.id, "suspected member refuted the suspicion")
             }
-            Event::MemberDead(who) => tracing::warn!(member = %who.id, "member declared dead"),
-            Event::MemberLeft(who) => tracing::info!(member = %who.id, "member left"),
+            Event::MemberDead(who) => {
+                tracing::warn!(member = %who.id, "member declared dead");
+                if let Some(node) = to_node_id(&who.id) {
+                    self.reachability.forget(&node);
+                }
+            }
+            Event::MemberLeft(who) => {
+                tracing::info!(member = %who.id, "member left");
+                if let Some(node) = to_node_id(&who.id) {
+                    self.reachability.forget(&node);
+                }
+            }
             Event::MetadataChanged(_) => {}
             Event::Joined => {
                 if !self.joined {
@@ -333,6 +360,20 @@ impl Driver {
                 }
                 Err(e) => tracing::warn!(peer = %message.from, "malformed revocations: {e}"),
             },
+            TAG_OBSERVED => match std::str::from_utf8(body).ok().and_then(|t| t.parse().ok()) {
+                Some(addr) => {
+                    let now = self.now();
+                    self.reachability.observed(message.from, addr, now);
+                }
+                None => tracing::debug!(peer = %message.from, "malformed observed address"),
+            },
+            TAG_DIAL_BACK => self.dial_back(message.from),
+            TAG_DIAL_BACK_RESULT => {
+                let now = self.now();
+                let reached = body.first() == Some(&1);
+                tracing::debug!(peer = %message.from, reached, "dial-back result");
+                self.reachability.dial_back(message.from, reached, now);
+            }
             other => {
                 tracing::debug!(peer = %message.from, tag = other, "unknown admission message")
             }
@@ -414,6 +455,82 @@ impl Driver {
         let mut r = vec![TAG_REVOCATIONS];
         r.extend(revocations);
         self.send_admission(node, addr, r);
+        if let Some(seen) = self.endpoint.remote_addr(&node) {
+            let mut o = vec![TAG_OBSERVED];
+            o.extend(seen.to_string().into_bytes());
+            self.send_admission(node, addr, o);
+        }
+    }
+
+    /// Dials `node` back at the address it advertises, on a task, and tells it whether the
+    /// handshake got through (over the connection it has with this node).
+    fn dial_back(&mut self, node: NodeId) {
+        let now = Instant::now();
+        if self
+            .dialled_back
+            .get(&node)
+            .is_some_and(|at| now.duration_since(*at) < DIAL_BACK_EVERY)
+        {
+            return;
+        }
+        let id = to_member_id(&node);
+        let Some(advertised) = self
+            .membership
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.addr)
+        else {
+            return;
+        };
+        self.dialled_back.insert(node, now);
+        self.dialled_back
+            .retain(|_, at| now.duration_since(*at) < DIAL_BACK_EVERY);
+        let endpoint = self.endpoint.clone();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let reached = endpoint
+                .probe(advertised, node, DIAL_BACK_TIMEOUT)
+                .await
+                .inspect_err(|e| tracing::debug!(%node, %advertised, "dial-back missed: {e}"))
+                .is_ok();
+            let answer = [TAG_DIAL_BACK_RESULT, u8::from(reached)];
+            send_to(
+                &endpoint,
+                &metrics,
+                advertised,
+                Some(node),
+                CHANNEL_ADMISSION,
+                &answer,
+            )
+            .await;
+        });
+    }
+
+    /// Asks a member to dial back when it is time, and advertises what is known.
+    fn follow_reachability(&mut self) {
+        let now = self.now();
+        if self.reachability.wants_dial_back(now)
+            && let Some((node, addr)) = self.live_members().choose(&mut rand::thread_rng()).copied()
+        {
+            self.reachability.asked(now);
+            self.send_admission(node, addr, vec![TAG_DIAL_BACK]);
+        }
+        let mut metadata = self.membership.metadata().clone();
+        let mut labels: Vec<(String, String)> = metadata
+            .labels
+            .iter()
+            .filter(|(k, _)| k != REACHABILITY_LABEL && k != OBSERVED_LABEL)
+            .cloned()
+            .collect();
+        labels.extend(self.reachability.labels(now));
+        if labels != metadata.labels {
+            tracing::info!(labels = ?self.reachability.labels(now), "reachability");
+            metadata.labels = labels;
+            if let Err(e) = self.membership.update_metadata(metadata, now) {
+                tracing::debug!("metadata update refused: {e}");
+            }
+        }
     }
 
     /// Anti-entropy: exchange admission state with one random live member.
@@ -456,6 +573,7 @@ impl Driver {
     /// the metrics.
     fn housekeeping(&mut self) {
         self.persist_ledger();
+        self.follow_reachability();
         let revoked = self
             .endpoint
             .revocations()

@@ -17,6 +17,7 @@
 pub mod admission;
 mod driver;
 mod metrics;
+pub mod reachability;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -242,7 +243,14 @@ impl Mesh {
         let incarnation = admission::next_incarnation(&config.data_dir)?;
         let mut labels: Vec<(String, String)> = Vec::new();
         for (k, v) in admission.admitted.labels().iter() {
-            if BUILTIN_LABELS.contains(&k) || config.extra_labels.iter().any(|(e, _)| e == k) {
+            if BUILTIN_LABELS.contains(&k)
+                || [
+                    reachability::REACHABILITY_LABEL,
+                    reachability::OBSERVED_LABEL,
+                ]
+                .contains(&k)
+                || config.extra_labels.iter().any(|(e, _)| e == k)
+            {
                 tracing::warn!(
                     label = %k,
                     "the node certificate carries label {k}={v}, a built-in label; advertising \

@@ -454,8 +454,19 @@ fn member_json(m: &aether_mesh::Member) -> MemberJson {
         .iter()
         .find(|(k, _)| k == "data-plane")
         .map_or_else(|| "userspace".to_string(), |(_, v)| v.clone());
+    let label = |key: &str| {
+        meta.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let reachability = label(aether_mesh::reachability::REACHABILITY_LABEL)
+        .unwrap_or_else(|| "unknown".to_string());
+    let observed_addr = label(aether_mesh::reachability::OBSERVED_LABEL);
     MemberJson {
         data_plane,
+        reachability,
+        observed_addr,
         id: m.id.to_string(),
         state: m.status.as_str().to_string(),
         region: meta.region,
@@ -498,6 +509,8 @@ async fn nodes(state: &AdminState) -> Response<AdminBody> {
             load: LoadJson::default(),
             is_self: true,
             data_plane: "userspace".into(),
+            reachability: "unknown".into(),
+            observed_addr: None,
         };
         return json(StatusCode::OK, &vec![me]);
     };

@@ -188,12 +188,29 @@ impl KernelDataPlane {
             let Ok(members) = mesh.members().await else {
                 continue;
             };
+            // A member's mesh address, and for one behind NAT the address its packets come
+            // from: the one this node's connection with it sees, or the one members report.
             let allowed: BTreeSet<IpAddr> = members
                 .iter()
                 .filter(|m| {
                     m.is_self || matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect)
                 })
-                .map(|m| m.mesh_addr.ip())
+                .flat_map(|m| {
+                    let observed = m.metadata.as_ref().and_then(|meta| {
+                        meta.labels
+                            .iter()
+                            .find(|(k, _)| k == aether_mesh::reachability::OBSERVED_LABEL)
+                            .and_then(|(_, v)| v.parse::<std::net::SocketAddr>().ok())
+                    });
+                    [
+                        Some(m.mesh_addr),
+                        mesh.endpoint().remote_addr(&m.id),
+                        observed,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .map(|a| a.ip())
+                })
                 .collect();
             let denied: BTreeSet<IpAddr> = members
                 .iter()

@@ -38,6 +38,8 @@ pub mod close_code {
     /// The peer lost a single-use invite to an earlier claim (ledger merge or
     /// handshake) and is no longer admitted.
     pub const DISPLACED: u32 = 6;
+    /// A reachability probe ([`super::Endpoint::probe`]) done: the handshake was all it wanted.
+    pub const PROBED: u32 = 7;
 }
 
 /// What the dialer sends on its first bidirectional stream; the acceptor
@@ -443,12 +445,41 @@ impl Endpoint {
         outcome.as_ref().copied().map_err(TransportError::duplicate)
     }
 
-    /// Dials `addr` and registers the admitted connection.
-    async fn dial(
+    /// Whether node `expected` answers a fresh handshake at `addr` (how long it took): a peer
+    /// reachable at the address it advertises does, one behind NAT does not. The connection is
+    /// closed right after the handshake, before any hello, so neither side registers it or
+    /// disturbs the connections it has. Gives up after `timeout`.
+    pub async fn probe(
         &self,
         addr: SocketAddr,
+        expected: NodeId,
+        timeout: Duration,
+    ) -> Result<Duration, TransportError> {
+        let started = std::time::Instant::now();
+        let connecting = self
+            .inner
+            .quinn
+            .connect_with(self.client_config(Some(expected))?, addr, TLS_SERVER_NAME)
+            .map_err(|e| TransportError::Quic(format!("connect to {addr}: {e}")))?;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| TransportError::Timeout(addr))?
+            .map_err(TransportError::Connection)?;
+        conn.close(VarInt::from_u32(close_code::PROBED), b"probed");
+        Ok(started.elapsed())
+    }
+
+    /// The address `node`'s cached connection comes from, as this endpoint sees it (for a peer
+    /// behind NAT: the NAT's public address and port, not the one it advertises).
+    pub fn remote_addr(&self, node: &NodeId) -> Option<SocketAddr> {
+        self.inner.cached(node).map(|c| c.remote_address())
+    }
+
+    /// The QUIC client configuration of a dial (expecting `expected`, when given).
+    fn client_config(
+        &self,
         expected: Option<NodeId>,
-    ) -> Result<NodeId, TransportError> {
+    ) -> Result<quinn::ClientConfig, TransportError> {
         let inner = &self.inner;
         let tls = rustls::ClientConfig::builder_with_provider(inner.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
@@ -465,9 +496,19 @@ impl Endpoint {
             .map_err(|e| TransportError::Quic(format!("client TLS config: {e}")))?;
         let mut client = quinn::ClientConfig::new(Arc::new(quic));
         client.transport_config(inner.transport.clone());
+        Ok(client)
+    }
+
+    /// Dials `addr` and registers the admitted connection.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        expected: Option<NodeId>,
+    ) -> Result<NodeId, TransportError> {
+        let inner = &self.inner;
         let connecting = inner
             .quinn
-            .connect_with(client, addr, TLS_SERVER_NAME)
+            .connect_with(self.client_config(expected)?, addr, TLS_SERVER_NAME)
             .map_err(|e| TransportError::Quic(format!("connect to {addr}: {e}")))?;
         let dial = async {
             let conn = connecting.await.map_err(TransportError::Connection)?;

@@ -124,6 +124,42 @@ fn identity_must_match_its_node_certificate() {
 }
 
 #[tokio::test]
+async fn a_probe_proves_reachability_without_disturbing_connections() {
+    let root = SecretKey::generate();
+    let a = node(&root);
+    let b = node(&root);
+    bounded("connect", a.connect(addr(&b), Some(b.node_id())))
+        .await
+        .expect("a -> b");
+    // Each side sees the other at the address its socket has.
+    assert_eq!(b.remote_addr(&a.node_id()), Some(addr(&a)));
+    assert_eq!(a.remote_addr(&b.node_id()), Some(addr(&b)));
+
+    let short = Duration::from_millis(500);
+    bounded("probe", a.probe(addr(&b), b.node_id(), short))
+        .await
+        .expect("b answers at its address");
+    // Another node expected there, or nobody there: no.
+    let someone_else = SecretKey::generate().public();
+    assert!(
+        bounded("probe", a.probe(addr(&b), someone_else, short))
+            .await
+            .is_err()
+    );
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let silent = nobody.local_addr().expect("addr");
+    assert!(matches!(
+        bounded("probe", a.probe(silent, b.node_id(), short)).await,
+        Err(TransportError::Timeout(_))
+    ));
+    // The probes registered nothing: one connection each way, still in use.
+    assert_eq!(b.metrics().connections_accepted(), 1);
+    assert_eq!(b.connected_peers(), vec![a.node_id()]);
+    a.send(&b.node_id(), 7, b"still here").await.expect("send");
+    assert_eq!(&recv(&b).await.payload[..], b"still here");
+}
+
+#[tokio::test]
 async fn admitted_nodes_connect_both_ways_and_exchange_messages() {
     let root = SecretKey::generate();
     let a = node(&root);

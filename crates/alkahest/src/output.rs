@@ -164,8 +164,8 @@ pub fn print_placement(p: &aether_admin::types::PlacementJson) {
 /// Prints `alkahest nodes` as a table, the answering node marked with `*`.
 pub fn print_members(members: &[aether_admin::types::MemberJson]) {
     println!(
-        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8} {:<10}  MESH",
-        "ID", "STATE", "REGION", "RTT", "INC", "INSTANCES", "REQ/S", "DATA PLANE"
+        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8} {:<10} {:<7}  MESH",
+        "ID", "STATE", "REGION", "RTT", "INC", "INSTANCES", "REQ/S", "DATA PLANE", "REACH"
     );
     for m in members {
         let id = m.id.trim_start_matches("ed25519:");
@@ -174,7 +174,7 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             .rtt_ms
             .map_or_else(|| "-".to_string(), |r| format!("{r:.1}ms"));
         println!(
-            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1} {:<10}  {}",
+            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1} {:<10} {:<7}  {}{}",
             if m.is_self { "*" } else { " " },
             short,
             m.state,
@@ -184,7 +184,16 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             m.load.instances,
             m.load.request_rate,
             m.data_plane,
-            m.mesh_addr
+            if m.reachability.is_empty() {
+                "-"
+            } else {
+                &m.reachability
+            },
+            m.mesh_addr,
+            m.observed_addr
+                .as_ref()
+                .map(|a| format!(" (seen at {a})"))
+                .unwrap_or_default()
         );
     }
 }

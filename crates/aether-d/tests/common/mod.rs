@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod netns;
 pub mod partition;
 
 use std::io::{BufRead as _, BufReader};

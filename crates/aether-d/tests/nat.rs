@@ -1,0 +1,272 @@
+//! Peers behind NAT, in network namespaces this test creates and removes: an "internet" bridge
+//! (10.237.0.0/24) with two reachable nodes, and two homes, each a router namespace doing
+//! nftables masquerade in front of a node on a private network (home A keeps ports, home B uses
+//! `masquerade fully-random`). Both homes' nodes join with invites through a reachable node and
+//! are alive in every view; each learns the address members see it at and that no member can
+//! dial it (`nat`), while the reachable ones are `direct`; state written in one home reaches the
+//! other; a component pinned to home A is served through a reachable node by home A's node, and
+//! home B's node, which has no path to home A, answers 503 naming the constraint instead of
+//! serving it itself.
+//!
+//! The test thread lives in the bridge's namespace, which routes to the homes' private networks
+//! through their routers (the nodes themselves have no such route): it is the operator's view.
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::block_on;
+use common::cluster::{Node, Operator, eventually, fixture, join_args};
+use common::netns::{Namespaces, enter, ip, privileged, run_in};
+use http::Method;
+use serde_json::Value;
+
+/// A node of the topology: in namespace `ns` at `addr`.
+fn node_in(
+    spaces: &Namespaces,
+    ns: &str,
+    octet: u8,
+    addr: Ipv4Addr,
+    operator: &Operator,
+    scratch: &std::path::Path,
+) -> Node {
+    let mut node = Node::new(octet, scratch, operator);
+    node.ip = addr;
+    node.http_port = 18080;
+    node.admin_port = 17070;
+    node.launcher = ["ip", "netns", "exec", &spaces.name(ns)]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    node
+}
+
+/// A home: router namespace `gw` (WAN `wan_addr` on the bridge, LAN `.1` of `lan`) masquerading
+/// for namespace `home` (`.2` of `lan`, default route through the router).
+fn home(spaces: &mut Namespaces, name: &str, wan_addr: &str, lan: &str, masquerade: &str) {
+    let gw = spaces.add(&format!("gw{name}"));
+    let inside = spaces.add(&format!("home{name}"));
+    spaces.link(
+        &format!("gw{name}"),
+        "wan",
+        Some(&format!("{wan_addr}/24")),
+        "inet",
+        &format!("w{name}-{}", std::process::id() % 100_000),
+        None,
+    );
+    let bridge_port = format!("w{name}-{}", std::process::id() % 100_000);
+    ip(&[
+        "-n",
+        &spaces.name("inet"),
+        "link",
+        "set",
+        &bridge_port,
+        "master",
+        "br0",
+    ]);
+    spaces.link(
+        &format!("gw{name}"),
+        "lan",
+        Some(&format!("{lan}.1/24")),
+        &format!("home{name}"),
+        "eth0",
+        Some(&format!("{lan}.2/24")),
+    );
+    ip(&[
+        "-n",
+        &inside,
+        "route",
+        "add",
+        "default",
+        "via",
+        &format!("{lan}.1"),
+    ]);
+    run_in(&gw, "sh", &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+    run_in(&gw, "nft", &["add", "table", "ip", "nat"]);
+    run_in(
+        &gw,
+        "nft",
+        &["add chain ip nat post { type nat hook postrouting priority 100; }"],
+    );
+    let rule = format!("add rule ip nat post oifname wan ip saddr {lan}.0/24 {masquerade}");
+    run_in(&gw, "nft", &[&rule]);
+    // The operator's namespace reaches the home's network through its router.
+    ip(&[
+        "-n",
+        &spaces.name("inet"),
+        "route",
+        "add",
+        &format!("{lan}.0/24"),
+        "via",
+        wan_addr,
+    ]);
+}
+
+fn member<'a>(members: &'a [Value], node: &Node) -> Option<&'a Value> {
+    let id = node.id();
+    members.iter().find(|m| m["id"] == id.as_str())
+}
+
+#[test]
+fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
+    if !privileged() {
+        eprintln!("not root: network namespaces need it; nothing checked here");
+        return;
+    }
+    let mut spaces = Namespaces::new("aenat");
+    let inet = spaces.add("inet");
+    ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"]);
+    ip(&["-n", &inet, "addr", "add", "10.237.0.254/24", "dev", "br0"]);
+    ip(&["-n", &inet, "link", "set", "br0", "up"]);
+    for (i, name) in ["reach1", "reach2"].iter().enumerate() {
+        spaces.add(name);
+        let port = format!("r{}-{}", i + 1, std::process::id() % 100_000);
+        spaces.link(
+            name,
+            "eth0",
+            Some(&format!("10.237.0.{}/24", i + 1)),
+            "inet",
+            &port,
+            None,
+        );
+        ip(&["-n", &inet, "link", "set", &port, "master", "br0"]);
+    }
+    home(&mut spaces, "a", "10.237.0.11", "192.168.201", "masquerade");
+    home(
+        &mut spaces,
+        "b",
+        "10.237.0.12",
+        "192.168.202",
+        "masquerade fully-random",
+    );
+    enter(&inet);
+
+    let operator = Operator::new();
+    let scratch = tempfile::tempdir().expect("scratch");
+    let mut reach1 = node_in(
+        &spaces,
+        "reach1",
+        31,
+        Ipv4Addr::new(10, 237, 0, 1),
+        &operator,
+        scratch.path(),
+    );
+    reach1.start(&[]);
+    let invite = operator.invite();
+    let mut reach2 = node_in(
+        &spaces,
+        "reach2",
+        32,
+        Ipv4Addr::new(10, 237, 0, 2),
+        &operator,
+        scratch.path(),
+    );
+    reach2.start(&join_args(&reach1, Some(&invite)));
+    let mut home_a = node_in(
+        &spaces,
+        "homea",
+        33,
+        Ipv4Addr::new(192, 168, 201, 2),
+        &operator,
+        scratch.path(),
+    );
+    home_a.start(
+        &[
+            join_args(&reach1, Some(&invite)),
+            vec!["--label".into(), "home=a".into()],
+        ]
+        .concat(),
+    );
+    let mut home_b = node_in(
+        &spaces,
+        "homeb",
+        34,
+        Ipv4Addr::new(192, 168, 202, 2),
+        &operator,
+        scratch.path(),
+    );
+    home_b.start(
+        &[
+            join_args(&reach1, Some(&invite)),
+            vec!["--label".into(), "home=b".into()],
+        ]
+        .concat(),
+    );
+    let nodes = [&reach1, &reach2, &home_a, &home_b];
+    let ids: Vec<String> = nodes.iter().map(|n| n.id()).collect();
+    eventually(
+        "every node sees all four alive",
+        Duration::from_secs(60),
+        || nodes.iter().all(|n| n.sees_alive(&ids)),
+    );
+
+    // Reachability, as learned from dial-backs and observed-address reports.
+    let mut members = Vec::new();
+    eventually("reachability is learned", Duration::from_secs(30), || {
+        members = reach2.members();
+        let reach = |n: &Node| member(&members, n).map(|m| m["reachability"].clone());
+        reach(&reach1) == Some("direct".into())
+            && reach(&reach2) == Some("direct".into())
+            && reach(&home_a) == Some("nat".into())
+            && reach(&home_b) == Some("nat".into())
+    });
+    let seen = |n: &Node| {
+        member(&members, n)
+            .and_then(|m| m["observed_addr"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(seen(&home_a).starts_with("10.237.0.11:"), "{members:?}");
+    assert!(seen(&home_b).starts_with("10.237.0.12:"), "{members:?}");
+    assert_eq!(
+        seen(&reach1),
+        "",
+        "a reachable node is seen where it says it is"
+    );
+
+    // State written in one home reaches the other.
+    home_a.admin_json(
+        Method::PUT,
+        "/v1/kv/notes?key=from-a",
+        b"hello from home a".to_vec(),
+    );
+    eventually("state crosses both NATs", Duration::from_secs(30), || {
+        block_on(home_b.client().json::<Value>(
+            Method::GET,
+            "/v1/kv/notes?key=from-a",
+            bytes::Bytes::new(),
+        ))
+        .is_ok_and(|v| v["value"] == "hello from home a")
+    });
+
+    // A component pinned to home A: served by home A through a reachable node; home B has no
+    // path to home A and, outside the intent, refuses rather than serving it itself.
+    let pinned = "name = \"pinned\"\ncomponent = \"pinned.wasm\"\n[http]\nroutes = [\"/echo\"]\n[intent]\nlabels = { home = \"a\" }\n";
+    let _ = reach1.deploy(operator.seal(pinned, &fixture("probe")));
+    let short_a = home_a.id().trim_start_matches("ed25519:")[..12].to_string();
+    eventually(
+        "served by home A through a reachable node",
+        Duration::from_secs(60),
+        || {
+            let r = reach2.request("GET", "/echo", b"");
+            r.status == 200 && r.header("aether-forwarded-to") == Some(short_a.as_str())
+        },
+    );
+    let mut refused = home_b.request("GET", "/echo", b"");
+    eventually("home B knows the component", Duration::from_secs(60), || {
+        refused = home_b.request("GET", "/echo", b"");
+        refused.status != 404
+    });
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(
+        refused.header("aether-unmet-constraint"),
+        Some("label"),
+        "{refused:?}"
+    );
+    assert!(
+        refused.body.contains("home") && refused.body.contains(&short_a),
+        "{}",
+        refused.body
+    );
+}

@@ -212,6 +212,11 @@ pub struct MemberJson {
     /// The address members see it at, when that is not its mesh address (behind NAT).
     #[serde(default)]
     pub observed_addr: Option<String>,
+    /// The asked node's path to it: `direct` (one of the two can dial the other), `punched`
+    /// (both behind NAT, connected through a hole punch), `none` (no connection yet), or
+    /// `self`.
+    #[serde(default)]
+    pub path: String,
 }
 
 /// A member's resources.

@@ -1,12 +1,13 @@
 //! Peers behind NAT, in network namespaces this test creates and removes: an "internet" bridge
-//! (10.237.0.0/24) with two reachable nodes, and two homes, each a router namespace doing
-//! nftables masquerade in front of a node on a private network (home A keeps ports, home B uses
-//! `masquerade fully-random`). Both homes' nodes join with invites through a reachable node and
-//! are alive in every view; each learns the address members see it at and that no member can
-//! dial it (`nat`), while the reachable ones are `direct`; state written in one home reaches the
-//! other; a component pinned to home A is served through a reachable node by home A's node, and
-//! home B's node, which has no path to home A, answers 503 naming the constraint instead of
-//! serving it itself.
+//! (10.237.0.0/24) with two reachable nodes, and three homes, each a router namespace doing
+//! nftables masquerade in front of a node on a private network (homes A and C keep ports, home
+//! B uses `masquerade fully-random`). The homes' nodes join with invites through a reachable
+//! node and are alive in every view; each learns the address members see it at and that no
+//! member can dial it (`nat`), while the reachable ones are `direct`; homes A and C punch a
+//! hole to each other; state written in one home reaches another; a component pinned to home A
+//! is served by home A's node through a reachable node and through home C, while home B's node,
+//! which has no path to home A (its NAT picks a new port for every peer: only a relay would
+//! do), answers 503 naming the constraint instead of serving it itself.
 //!
 //! The test thread lives in the bridge's namespace, which routes to the homes' private networks
 //! through their routers (the nodes themselves have no such route): it is the operator's view.
@@ -91,6 +92,25 @@ fn home(spaces: &mut Namespaces, name: &str, wan_addr: &str, lan: &str, masquera
     );
     let rule = format!("add rule ip nat post oifname wan ip saddr {lan}.0/24 {masquerade}");
     run_in(&gw, "nft", &[&rule]);
+    // Like a home router, it drops what arrives on its WAN side unasked. (A router that answers
+    // such a packet itself keeps a record of it, and when its node then sends to that peer the
+    // NAT must pick another port: the first packet of a punch would spoil the punch.)
+    run_in(&gw, "nft", &["add", "table", "inet", "firewall"]);
+    run_in(
+        &gw,
+        "nft",
+        &["add chain inet firewall input { type filter hook input priority 0; }"],
+    );
+    run_in(
+        &gw,
+        "nft",
+        &["add rule inet firewall input iifname wan ct state established,related accept"],
+    );
+    run_in(
+        &gw,
+        "nft",
+        &["add rule inet firewall input iifname wan drop"],
+    );
     // The operator's namespace reaches the home's network through its router.
     ip(&[
         "-n",
@@ -140,6 +160,7 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
         "192.168.202",
         "masquerade fully-random",
     );
+    home(&mut spaces, "c", "10.237.0.13", "192.168.203", "masquerade");
     enter(&inet);
 
     let operator = Operator::new();
@@ -193,10 +214,25 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
         ]
         .concat(),
     );
-    let nodes = [&reach1, &reach2, &home_a, &home_b];
+    let mut home_c = node_in(
+        &spaces,
+        "homec",
+        35,
+        Ipv4Addr::new(192, 168, 203, 2),
+        &operator,
+        scratch.path(),
+    );
+    home_c.start(
+        &[
+            join_args(&reach1, Some(&invite)),
+            vec!["--label".into(), "home=c".into()],
+        ]
+        .concat(),
+    );
+    let nodes = [&reach1, &reach2, &home_a, &home_b, &home_c];
     let ids: Vec<String> = nodes.iter().map(|n| n.id()).collect();
     eventually(
-        "every node sees all four alive",
+        "every node sees all five alive",
         Duration::from_secs(60),
         || nodes.iter().all(|n| n.sees_alive(&ids)),
     );
@@ -210,6 +246,7 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
             && reach(&reach2) == Some("direct".into())
             && reach(&home_a) == Some("nat".into())
             && reach(&home_b) == Some("nat".into())
+            && reach(&home_c) == Some("nat".into())
     });
     let seen = |n: &Node| {
         member(&members, n)
@@ -224,6 +261,21 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
         "",
         "a reachable node is seen where it says it is"
     );
+
+    // The two homes whose NATs keep ports punch a hole to each other: each dials the other's
+    // public address while a reachable member tells the other to do the same.
+    let path = |from: &Node, to: &Node| {
+        member(&from.members(), to)
+            .map(|m| m["path"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    eventually(
+        "homes A and C punch through",
+        Duration::from_secs(60),
+        || path(&home_a, &home_c) == "punched" && path(&home_c, &home_a) == "punched",
+    );
+    assert_eq!(path(&reach1, &home_a), "direct");
+    assert_eq!(path(&home_a, &reach1), "direct");
 
     // State written in one home reaches the other.
     home_a.admin_json(
@@ -253,11 +305,24 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
             r.status == 200 && r.header("aether-forwarded-to") == Some(short_a.as_str())
         },
     );
+    // Home C reaches home A through the punched hole.
+    eventually(
+        "home C is served by home A",
+        Duration::from_secs(60),
+        || {
+            let r = home_c.request("GET", "/echo", b"");
+            r.status == 200 && r.header("aether-forwarded-to") == Some(short_a.as_str())
+        },
+    );
     let mut refused = home_b.request("GET", "/echo", b"");
-    eventually("home B knows the component", Duration::from_secs(60), || {
-        refused = home_b.request("GET", "/echo", b"");
-        refused.status != 404
-    });
+    eventually(
+        "home B knows the component",
+        Duration::from_secs(60),
+        || {
+            refused = home_b.request("GET", "/echo", b"");
+            refused.status != 404
+        },
+    );
     assert_eq!(refused.status, 503, "{refused:?}");
     assert_eq!(
         refused.header("aether-unmet-constraint"),

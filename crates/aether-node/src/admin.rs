@@ -467,6 +467,7 @@ fn member_json(m: &aether_mesh::Member) -> MemberJson {
         data_plane,
         reachability,
         observed_addr,
+        path: String::new(),
         id: m.id.to_string(),
         state: m.status.as_str().to_string(),
         region: meta.region,
@@ -511,14 +512,28 @@ async fn nodes(state: &AdminState) -> Response<AdminBody> {
             data_plane: "userspace".into(),
             reachability: "unknown".into(),
             observed_addr: None,
+            path: "self".into(),
         };
         return json(StatusCode::OK, &vec![me]);
     };
     match mesh.members().await {
-        Ok(members) => json(
-            StatusCode::OK,
-            &members.iter().map(member_json).collect::<Vec<_>>(),
-        ),
+        Ok(members) => {
+            let mut rows: Vec<MemberJson> = members.iter().map(member_json).collect();
+            let here_direct = rows.iter().any(|r| r.is_self && r.reachability == "direct");
+            for (row, m) in rows.iter_mut().zip(&members) {
+                row.path = if m.is_self {
+                    "self"
+                } else if here_direct || row.reachability == "direct" {
+                    "direct"
+                } else if mesh.endpoint().is_connected(&m.id) {
+                    "punched"
+                } else {
+                    "none"
+                }
+                .to_string();
+            }
+            json(StatusCode::OK, &rows)
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
 }

@@ -469,6 +469,20 @@ impl Endpoint {
         Ok(started.elapsed())
     }
 
+    /// A connection to `expected` dialled at `addr` itself, whatever other dial to that node is
+    /// under way (a hole punch: the peer's public address, while other dials may be trying the
+    /// one it advertises); returns at once when a connection is cached.
+    pub async fn connect_at(
+        &self,
+        addr: SocketAddr,
+        expected: NodeId,
+    ) -> Result<NodeId, TransportError> {
+        if self.inner.cached(&expected).is_some() {
+            return Ok(expected);
+        }
+        self.dial(addr, Some(expected)).await
+    }
+
     /// The address `node`'s cached connection comes from, as this endpoint sees it (for a peer
     /// behind NAT: the NAT's public address and port, not the one it advertises).
     pub fn remote_addr(&self, node: &NodeId) -> Option<SocketAddr> {

@@ -164,7 +164,7 @@ pub fn print_placement(p: &aether_admin::types::PlacementJson) {
 /// Prints `alkahest nodes` as a table, the answering node marked with `*`.
 pub fn print_members(members: &[aether_admin::types::MemberJson]) {
     println!(
-        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8} {:<10} {:<7}  MESH",
+        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8} {:<10} {:<11}  MESH",
         "ID", "STATE", "REGION", "RTT", "INC", "INSTANCES", "REQ/S", "DATA PLANE", "REACH"
     );
     for m in members {
@@ -174,7 +174,7 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             .rtt_ms
             .map_or_else(|| "-".to_string(), |r| format!("{r:.1}ms"));
         println!(
-            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1} {:<10} {:<7}  {}{}",
+            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1} {:<10} {:<11}  {}{}",
             if m.is_self { "*" } else { " " },
             short,
             m.state,
@@ -184,10 +184,10 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             m.load.instances,
             m.load.request_rate,
             m.data_plane,
-            if m.reachability.is_empty() {
-                "-"
-            } else {
-                &m.reachability
+            match (m.reachability.as_str(), m.path.as_str()) {
+                ("", _) => "-".to_string(),
+                (reach, "punched" | "none") => format!("{reach}/{}", m.path),
+                (reach, _) => reach.to_string(),
             },
             m.mesh_addr,
             m.observed_addr

@@ -14,27 +14,19 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::admission::{self, NodeAdmission};
 use crate::metrics::MeshMetrics;
-use crate::reachability::{OBSERVED_LABEL, REACHABILITY_LABEL, Reachability};
+use crate::reachability::Reachability;
+
+mod nat;
 use crate::{
     CHANNEL_ADMISSION, CHANNEL_MEMBERSHIP, Command, Member, MemberStatus, MeshConfig, MeshError,
     RevokeOutcome, to_member_id, to_node_id,
 };
+use nat::{TAG_DIAL_BACK, TAG_DIAL_BACK_RESULT, TAG_INTRODUCE, TAG_OBSERVED, TAG_PUNCH};
 
 /// Tag of an admission message carrying the ledger.
 const TAG_LEDGER: u8 = 1;
 /// Tag of an admission message carrying revocations.
 const TAG_REVOCATIONS: u8 = 2;
-/// Tag of a report of the address the sender sees the receiver at (`IP:PORT` text).
-const TAG_OBSERVED: u8 = 3;
-/// Tag of a request to dial the sender back at the address it advertises.
-const TAG_DIAL_BACK: u8 = 4;
-/// Tag of the answer to [`TAG_DIAL_BACK`]: one byte, 1 when the handshake got through.
-const TAG_DIAL_BACK_RESULT: u8 = 5;
-/// How long a dial-back waits for the handshake.
-const DIAL_BACK_TIMEOUT: Duration = Duration::from_secs(3);
-/// A member's dial-back requests are answered at most this often.
-const DIAL_BACK_EVERY: Duration = Duration::from_secs(2);
-
 pub(crate) struct Setup {
     pub config: MeshConfig,
     pub endpoint: Endpoint,
@@ -64,6 +56,8 @@ struct Driver {
     reachability: Reachability,
     /// When each member's last dial-back request was answered.
     dialled_back: std::collections::HashMap<NodeId, Instant>,
+    /// When a hole punch to each member was last tried.
+    punched_at: std::collections::HashMap<NodeId, Instant>,
 }
 
 pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshError> {
@@ -102,6 +96,7 @@ pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshErr
         sized_for: 5,
         reachability: Reachability::new(setup.advertise),
         dialled_back: std::collections::HashMap::new(),
+        punched_at: std::collections::HashMap::new(),
     };
     driver.record_own_admission();
     let commands = setup.commands;
@@ -368,6 +363,8 @@ impl Driver {
                 None => tracing::debug!(peer = %message.from, "malformed observed address"),
             },
             TAG_DIAL_BACK => self.dial_back(message.from),
+            TAG_INTRODUCE => self.introduce(message.from, body),
+            TAG_PUNCH => self.punch(body),
             TAG_DIAL_BACK_RESULT => {
                 let now = self.now();
                 let reached = body.first() == Some(&1);
@@ -462,77 +459,6 @@ impl Driver {
         }
     }
 
-    /// Dials `node` back at the address it advertises, on a task, and tells it whether the
-    /// handshake got through (over the connection it has with this node).
-    fn dial_back(&mut self, node: NodeId) {
-        let now = Instant::now();
-        if self
-            .dialled_back
-            .get(&node)
-            .is_some_and(|at| now.duration_since(*at) < DIAL_BACK_EVERY)
-        {
-            return;
-        }
-        let id = to_member_id(&node);
-        let Some(advertised) = self
-            .membership
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .map(|m| m.addr)
-        else {
-            return;
-        };
-        self.dialled_back.insert(node, now);
-        self.dialled_back
-            .retain(|_, at| now.duration_since(*at) < DIAL_BACK_EVERY);
-        let endpoint = self.endpoint.clone();
-        let metrics = self.metrics.clone();
-        tokio::spawn(async move {
-            let reached = endpoint
-                .probe(advertised, node, DIAL_BACK_TIMEOUT)
-                .await
-                .inspect_err(|e| tracing::debug!(%node, %advertised, "dial-back missed: {e}"))
-                .is_ok();
-            let answer = [TAG_DIAL_BACK_RESULT, u8::from(reached)];
-            send_to(
-                &endpoint,
-                &metrics,
-                advertised,
-                Some(node),
-                CHANNEL_ADMISSION,
-                &answer,
-            )
-            .await;
-        });
-    }
-
-    /// Asks a member to dial back when it is time, and advertises what is known.
-    fn follow_reachability(&mut self) {
-        let now = self.now();
-        if self.reachability.wants_dial_back(now)
-            && let Some((node, addr)) = self.live_members().choose(&mut rand::thread_rng()).copied()
-        {
-            self.reachability.asked(now);
-            self.send_admission(node, addr, vec![TAG_DIAL_BACK]);
-        }
-        let mut metadata = self.membership.metadata().clone();
-        let mut labels: Vec<(String, String)> = metadata
-            .labels
-            .iter()
-            .filter(|(k, _)| k != REACHABILITY_LABEL && k != OBSERVED_LABEL)
-            .cloned()
-            .collect();
-        labels.extend(self.reachability.labels(now));
-        if labels != metadata.labels {
-            tracing::info!(labels = ?self.reachability.labels(now), "reachability");
-            metadata.labels = labels;
-            if let Err(e) = self.membership.update_metadata(metadata, now) {
-                tracing::debug!("metadata update refused: {e}");
-            }
-        }
-    }
-
     /// Anti-entropy: exchange admission state with one random live member.
     fn sync_round(&self) {
         let members = self.live_members();
@@ -574,6 +500,7 @@ impl Driver {
     fn housekeeping(&mut self) {
         self.persist_ledger();
         self.follow_reachability();
+        self.punch_holes();
         let revoked = self
             .endpoint
             .revocations()

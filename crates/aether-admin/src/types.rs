@@ -213,8 +213,8 @@ pub struct MemberJson {
     #[serde(default)]
     pub observed_addr: Option<String>,
     /// The asked node's path to it: `direct` (one of the two can dial the other), `punched`
-    /// (both behind NAT, connected through a hole punch), `none` (no connection yet), or
-    /// `self`.
+    /// (both behind NAT, connected through a hole punch), `relayed via NODE` (through another
+    /// member, NODE its short id), `none` (no connection yet), or `self`.
     #[serde(default)]
     pub path: String,
 }

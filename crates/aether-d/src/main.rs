@@ -122,6 +122,10 @@ struct Args {
     /// the node's own cgroup.
     #[arg(long, value_name = "DIR")]
     vip_cgroup: Option<PathBuf>,
+    /// Do not relay for other members (pass on the datagrams of two members whose NATs keep
+    /// them from reaching each other). This node can still be reached through a relay.
+    #[arg(long)]
+    no_relay: bool,
 }
 
 fn parse_vip_range(text: &str) -> Result<aether_ebpf::VipRange, String> {
@@ -304,6 +308,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or(SocketAddr::new(args.bind, args.mesh_port));
         let mut mesh = aether_mesh::MeshConfig::new(args.data_dir.clone(), listen);
         mesh.advertise = args.advertise;
+        mesh.transport.relay = !args.no_relay;
         mesh.capacity = advertised_capacity(mesh.capacity, &args)?;
         for text in &args.join {
             let addr = parse_join(text)?;

@@ -123,6 +123,11 @@ fn home(spaces: &mut Namespaces, name: &str, wan_addr: &str, lan: &str, masquera
     ]);
 }
 
+/// A node's id as the nodes name it in short: its key's first 12 characters.
+fn short(node: &Node) -> String {
+    node.id().trim_start_matches("ed25519:")[..12].to_string()
+}
+
 fn member<'a>(members: &'a [Value], node: &Node) -> Option<&'a Value> {
     let id = node.id();
     members.iter().find(|m| m["id"] == id.as_str())
@@ -139,7 +144,7 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
     ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"]);
     ip(&["-n", &inet, "addr", "add", "10.237.0.254/24", "dev", "br0"]);
     ip(&["-n", &inet, "link", "set", "br0", "up"]);
-    for (i, name) in ["reach1", "reach2"].iter().enumerate() {
+    for (i, name) in ["reach1", "reach2", "reach3"].iter().enumerate() {
         spaces.add(name);
         let port = format!("r{}-{}", i + 1, std::process::id() % 100_000);
         spaces.link(
@@ -173,7 +178,8 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
         &operator,
         scratch.path(),
     );
-    reach1.start(&[]);
+    // The seed does not relay: the two others do, one at a time.
+    reach1.start(&["--no-relay".to_string()]);
     let invite = operator.invite();
     let mut reach2 = node_in(
         &spaces,
@@ -184,6 +190,15 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
         scratch.path(),
     );
     reach2.start(&join_args(&reach1, Some(&invite)));
+    let mut reach3 = node_in(
+        &spaces,
+        "reach3",
+        36,
+        Ipv4Addr::new(10, 237, 0, 3),
+        &operator,
+        scratch.path(),
+    );
+    reach3.start(&join_args(&reach1, Some(&invite)));
     let mut home_a = node_in(
         &spaces,
         "homea",
@@ -229,10 +244,10 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
         ]
         .concat(),
     );
-    let nodes = [&reach1, &reach2, &home_a, &home_b, &home_c];
+    let nodes = [&reach1, &reach2, &reach3, &home_a, &home_b, &home_c];
     let ids: Vec<String> = nodes.iter().map(|n| n.id()).collect();
     eventually(
-        "every node sees all five alive",
+        "every node sees all six alive",
         Duration::from_secs(60),
         || nodes.iter().all(|n| n.sees_alive(&ids)),
     );
@@ -277,6 +292,23 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
     assert_eq!(path(&reach1, &home_a), "direct");
     assert_eq!(path(&home_a, &reach1), "direct");
 
+    // Home B's NAT picks a new port for every peer: no punch gets through, so B and A go
+    // through a relay, a reachable member that relays (not the seed, started --no-relay).
+    let relays = [short(&reach2), short(&reach3)];
+    let relayed_via = |from: &Node, to: &Node| {
+        path(from, to)
+            .strip_prefix("relayed via ")
+            .map(str::to_string)
+    };
+    eventually(
+        "homes A and B go through a relay",
+        Duration::from_secs(60),
+        || {
+            let (ab, ba) = (relayed_via(&home_a, &home_b), relayed_via(&home_b, &home_a));
+            ab.is_some() && ba.is_some() && relays.iter().any(|s| Some(s) == ab.as_ref())
+        },
+    );
+
     // State written in one home reaches the other.
     home_a.admin_json(
         Method::PUT,
@@ -314,16 +346,70 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
             r.status == 200 && r.header("aether-forwarded-to") == Some(short_a.as_str())
         },
     );
-    let mut refused = home_b.request("GET", "/echo", b"");
+    // Home B reaches home A through the relay.
     eventually(
-        "home B knows the component",
+        "home B is served by home A through the relay",
         Duration::from_secs(60),
         || {
-            refused = home_b.request("GET", "/echo", b"");
-            refused.status != 404
+            let r = home_b.request("GET", "/echo", b"");
+            r.status == 200 && r.header("aether-forwarded-to") == Some(short_a.as_str())
         },
     );
-    assert_eq!(refused.status, 503, "{refused:?}");
+    let relayed =
+        |n: &Node| common::cluster::metric(&n.metrics(), "aether_mesh_relayed_packets_total");
+    assert!(relayed(&reach2) + relayed(&reach3) > 0.0);
+    assert_eq!(relayed(&reach1), 0.0, "the seed does not relay");
+
+    // The relay in use is killed: the pair moves to the other one. Requests through home B go
+    // on; count those that fail on the way.
+    let first = relayed_via(&home_b, &home_a).expect("relayed");
+    let first_is_2 = first == relays[0];
+    let survivor = if first_is_2 {
+        relays[1].clone()
+    } else {
+        relays[0].clone()
+    };
+    if first_is_2 {
+        reach2.sigkill();
+    } else {
+        reach3.sigkill();
+    }
+    let (mut sent, mut failed, mut in_a_row) = (0u32, 0u32, 0u32);
+    let started = std::time::Instant::now();
+    while in_a_row < 20 && started.elapsed() < Duration::from_secs(60) {
+        let r = home_b.request("GET", "/echo", b"");
+        sent += 1;
+        if r.status == 200 && r.header("aether-forwarded-to") == Some(short_a.as_str()) {
+            in_a_row += 1;
+        } else {
+            failed += 1;
+            in_a_row = 0;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "relay killed: {failed} of {sent} requests through home B failed ({:.1} %) over {:.1} s",
+        100.0 * f64::from(failed) / f64::from(sent),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(in_a_row, 20, "requests through home B recover");
+    assert_eq!(
+        relayed_via(&home_b, &home_a).as_deref(),
+        Some(survivor.as_str())
+    );
+
+    // With no relay left, home B has no path to home A: outside the intent, it refuses rather
+    // than serving the component itself.
+    if first_is_2 {
+        reach3.sigkill();
+    } else {
+        reach2.sigkill();
+    }
+    let mut refused = home_b.request("GET", "/echo", b"");
+    eventually("home B refuses", Duration::from_secs(60), || {
+        refused = home_b.request("GET", "/echo", b"");
+        refused.status == 503
+    });
     assert_eq!(
         refused.header("aether-unmet-constraint"),
         Some("label"),

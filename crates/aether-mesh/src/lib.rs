@@ -17,7 +17,6 @@
 pub mod admission;
 mod driver;
 mod metrics;
-pub mod reachability;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -244,11 +243,7 @@ impl Mesh {
         let mut labels: Vec<(String, String)> = Vec::new();
         for (k, v) in admission.admitted.labels().iter() {
             if BUILTIN_LABELS.contains(&k)
-                || [
-                    reachability::REACHABILITY_LABEL,
-                    reachability::OBSERVED_LABEL,
-                ]
-                .contains(&k)
+                || [aether_nat::REACHABILITY_LABEL, aether_nat::OBSERVED_LABEL].contains(&k)
                 || config.extra_labels.iter().any(|(e, _)| e == k)
             {
                 tracing::warn!(

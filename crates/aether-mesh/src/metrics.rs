@@ -46,6 +46,10 @@ pub struct MeshMetrics {
     revocations: Gauge,
     local_health: Gauge,
     self_refutations: Counter,
+    relayed_packets: Counter,
+    relayed_bytes: Counter,
+    relay_dropped: Counter,
+    last_relay: std::sync::Mutex<[u64; 3]>,
     last_stats: std::sync::Mutex<(Stats, [u64; RefusalReason::ALL.len()])>,
 }
 
@@ -98,6 +102,21 @@ impl MeshMetrics {
             self.peer_bytes_out.clone(),
         );
         registry.register(
+            "aether_mesh_relayed_packets",
+            "Datagrams this node passed on between two other members that cannot reach each other",
+            self.relayed_packets.clone(),
+        );
+        registry.register(
+            "aether_mesh_relayed_bytes",
+            "Bytes of the datagrams this node relayed",
+            self.relayed_bytes.clone(),
+        );
+        registry.register(
+            "aether_mesh_relay_dropped_packets",
+            "Datagrams this node was asked to relay and dropped (relaying off, an unknown member, over a pair's budget)",
+            self.relay_dropped.clone(),
+        );
+        registry.register(
             "aether_mesh_refused_handshakes",
             "Peers refused during the QUIC handshake, by reason",
             self.refused.clone(),
@@ -137,6 +156,28 @@ impl MeshMetrics {
 
     pub(crate) fn dropped(&self) {
         self.messages_dropped.inc();
+    }
+
+    /// Copies the relay counters of the node's endpoint into the metrics.
+    pub(crate) fn update_relay(&self, relay: &aether_transport::RelayMetrics) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = [
+            relay.relayed_packets.load(Relaxed),
+            relay.relayed_bytes.load(Relaxed),
+            relay.dropped_packets.load(Relaxed),
+        ];
+        let mut last = self.last_relay.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, counter) in [
+            &self.relayed_packets,
+            &self.relayed_bytes,
+            &self.relay_dropped,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            counter.inc_by(now[i].saturating_sub(last[i]));
+        }
+        *last = now;
     }
 
     /// Copies the membership counters, the member counts and the

@@ -460,9 +460,9 @@ fn member_json(m: &aether_mesh::Member) -> MemberJson {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
-    let reachability = label(aether_mesh::reachability::REACHABILITY_LABEL)
-        .unwrap_or_else(|| "unknown".to_string());
-    let observed_addr = label(aether_mesh::reachability::OBSERVED_LABEL);
+    let reachability =
+        label(aether_nat::REACHABILITY_LABEL).unwrap_or_else(|| "unknown".to_string());
+    let observed_addr = label(aether_nat::OBSERVED_LABEL);
     MemberJson {
         data_plane,
         reachability,
@@ -521,16 +521,18 @@ async fn nodes(state: &AdminState) -> Response<AdminBody> {
             let mut rows: Vec<MemberJson> = members.iter().map(member_json).collect();
             let here_direct = rows.iter().any(|r| r.is_self && r.reachability == "direct");
             for (row, m) in rows.iter_mut().zip(&members) {
+                let endpoint = mesh.endpoint();
                 row.path = if m.is_self {
-                    "self"
+                    "self".to_string()
+                } else if let Some(relay) = endpoint.relay_of(&m.id) {
+                    format!("relayed via {}", crate::schedule::short(&relay))
                 } else if here_direct || row.reachability == "direct" {
-                    "direct"
-                } else if mesh.endpoint().is_connected(&m.id) {
-                    "punched"
+                    "direct".to_string()
+                } else if endpoint.is_connected(&m.id) {
+                    "punched".to_string()
                 } else {
-                    "none"
-                }
-                .to_string();
+                    "none".to_string()
+                };
             }
             json(StatusCode::OK, &rows)
         }

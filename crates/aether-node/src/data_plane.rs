@@ -199,7 +199,7 @@ impl KernelDataPlane {
                     let observed = m.metadata.as_ref().and_then(|meta| {
                         meta.labels
                             .iter()
-                            .find(|(k, _)| k == aether_mesh::reachability::OBSERVED_LABEL)
+                            .find(|(k, _)| k == aether_nat::OBSERVED_LABEL)
                             .and_then(|(_, v)| v.parse::<std::net::SocketAddr>().ok())
                     });
                     [

@@ -15,6 +15,7 @@ use rustls::sign::SingleCertAndKey;
 use tokio::sync::{OnceCell, mpsc};
 
 use crate::identity::TLS_SERVER_NAME;
+use crate::relay::{RelayMetrics, RelaySocket, RelayTable, is_virtual};
 use crate::verify::{ClientVerifier, PeerVerifier, ServerVerifier, peer_node_id};
 use crate::{
     Admission, NodeIdentity, SharedLedger, SharedRevocations, TransportError, TransportMetrics,
@@ -40,6 +41,8 @@ pub mod close_code {
     pub const DISPLACED: u32 = 6;
     /// A reachability probe ([`super::Endpoint::probe`]) done: the handshake was all it wanted.
     pub const PROBED: u32 = 7;
+    /// The relay a connection went through is gone.
+    pub const RELAY_GONE: u32 = 8;
 }
 
 /// What the dialer sends on its first bidirectional stream; the acceptor
@@ -77,6 +80,11 @@ pub struct Config {
     /// Concurrent request streams ([`Endpoint::open_stream`]) a peer may
     /// have open towards this node on one connection. Default 256.
     pub max_request_streams: u32,
+    /// Whether the node's endpoint passes datagrams on between two other peers that cannot
+    /// reach each other (relaying; `aether_nat::relay`). Default true.
+    pub relay: bool,
+    /// Bytes a second relayed for one pair of peers, at most. Default 8 MiB.
+    pub relay_rate: u64,
 }
 
 impl Default for Config {
@@ -90,6 +98,8 @@ impl Default for Config {
             incoming_queue: 1024,
             max_concurrent_streams: 128,
             max_request_streams: 256,
+            relay: true,
+            relay_rate: 8 << 20,
         }
     }
 }
@@ -180,6 +190,8 @@ struct Inner {
     siblings: Mutex<Vec<Weak<Inner>>>,
     /// For a sibling: the node's endpoint it was bound from.
     parent: Option<Weak<Inner>>,
+    /// The node's endpoint's relaying (none on siblings).
+    relay: Option<Arc<RelayTable>>,
 }
 
 impl Drop for Inner {
@@ -312,13 +324,29 @@ impl Endpoint {
         server.transport_config(transport.clone());
 
         let socket = std::net::UdpSocket::bind(addr).map_err(TransportError::Bind)?;
-        let quinn = quinn::Endpoint::new(
-            identity.endpoint_config(),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )
-        .map_err(TransportError::Bind)?;
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let (quinn, relay) = if parent.is_none() {
+            // The node's endpoint relays and is reached through relays.
+            let table = Arc::new(RelayTable::new(config.relay, config.relay_rate));
+            let socket = Arc::new(RelaySocket {
+                inner: quinn::Runtime::wrap_udp_socket(&*runtime, socket)
+                    .map_err(TransportError::Bind)?,
+                table: table.clone(),
+            });
+            let quinn = quinn::Endpoint::new_with_abstract_socket(
+                identity.endpoint_config(),
+                Some(server),
+                socket,
+                runtime,
+            )
+            .map_err(TransportError::Bind)?;
+            (quinn, Some(table))
+        } else {
+            let quinn =
+                quinn::Endpoint::new(identity.endpoint_config(), Some(server), socket, runtime)
+                    .map_err(TransportError::Bind)?;
+            (quinn, None)
+        };
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
         let inner = Arc::new(Inner {
             node: identity.node_id(),
@@ -337,6 +365,7 @@ impl Endpoint {
             stream_handlers: Mutex::new(HashMap::new()),
             siblings: Mutex::new(Vec::new()),
             parent: parent.clone(),
+            relay,
         });
         let weak = Arc::downgrade(&inner);
         inner.verifier.on_displaced(move |node| {
@@ -487,6 +516,44 @@ impl Endpoint {
     /// behind NAT: the NAT's public address and port, not the one it advertises).
     pub fn remote_addr(&self, node: &NodeId) -> Option<SocketAddr> {
         self.inner.cached(node).map(|c| c.remote_address())
+    }
+
+    /// A connection to `peer` through `relay` (a peer this node has a connection with, which
+    /// passes the datagrams on to `peer` over the connection `peer` has with it): for two
+    /// members whose NATs defeat a hole punch. The QUIC handshake and everything after it are
+    /// end to end, as on a direct path. Returns at once when a connection is cached.
+    pub async fn connect_relayed(
+        &self,
+        relay: NodeId,
+        peer: NodeId,
+    ) -> Result<NodeId, TransportError> {
+        if self.inner.cached(&peer).is_some() {
+            return Ok(peer);
+        }
+        let table = self
+            .inner
+            .relay
+            .as_ref()
+            .ok_or_else(|| TransportError::Quic("this endpoint does not relay".into()))?;
+        let relay_addr = table
+            .addr_of(&relay)
+            .ok_or_else(|| TransportError::NotConnected(Box::new(relay)))?;
+        let virtual_addr = table.virtual_addr(relay_addr, peer);
+        self.dial(virtual_addr, Some(peer)).await
+    }
+
+    /// The relay this endpoint's connection with `node` goes through, if it is relayed.
+    pub fn relay_of(&self, node: &NodeId) -> Option<NodeId> {
+        let addr = self.inner.cached(node)?.remote_address();
+        if !is_virtual(&addr) {
+            return None;
+        }
+        self.inner.relay.as_ref()?.relay_of(&addr)
+    }
+
+    /// What this endpoint relayed for other peers (none on a sibling).
+    pub fn relay_metrics(&self) -> Option<&RelayMetrics> {
+        self.inner.relay.as_ref().map(|r| &r.metrics)
     }
 
     /// The QUIC client configuration of a dial (expecting `expected`, when given).
@@ -821,6 +888,18 @@ impl Inner {
         let Some(Live { node, .. }) = cache.all.remove(&id) else {
             return;
         };
+        if let Some(relay) = &self.relay {
+            // Connections that went through this peer as their relay lost their path.
+            let through = relay.peer_down(conn.remote_address(), node);
+            if !through.is_empty() {
+                for live in cache.all.values() {
+                    if through.contains(&live.conn.remote_address()) {
+                        live.conn
+                            .close(VarInt::from_u32(close_code::RELAY_GONE), b"relay gone");
+                    }
+                }
+            }
+        }
         if cache
             .primary
             .get(&node)
@@ -917,6 +996,9 @@ fn register(inner: &Arc<Inner>, conn: Connection, node: NodeId) {
                 registered: now,
             },
         );
+        if let Some(relay) = &inner.relay {
+            relay.peer_up(conn.remote_address(), node);
+        }
         cache.primary.insert(node, (conn.clone(), now));
         while cache.primary.len() > inner.config.max_connections.max(1) {
             let Some(victim) = cache

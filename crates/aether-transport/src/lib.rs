@@ -101,6 +101,7 @@ use aether_identity::NodeId;
 
 mod endpoint;
 mod identity;
+mod relay;
 mod verify;
 
 #[cfg(test)]
@@ -111,6 +112,7 @@ pub use endpoint::{
 };
 pub use identity::{ADMISSION_EXTENSION_OID, ADMISSION_EXTENSION_OID_TEXT, NodeIdentity};
 pub use quinn::{ReadError, RecvStream, SendStream, WriteError};
+pub use relay::RelayMetrics;
 pub use verify::{
     Admission, Refusal, RefusalReason, SharedLedger, SharedRevocations, TransportMetrics,
 };

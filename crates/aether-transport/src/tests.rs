@@ -160,6 +160,79 @@ async fn a_probe_proves_reachability_without_disturbing_connections() {
 }
 
 #[tokio::test]
+async fn two_peers_talk_end_to_end_through_a_relay() {
+    let root = SecretKey::generate();
+    let (a, relay, b) = (node(&root), node(&root), node(&root));
+    for e in [&a, &b] {
+        bounded("connect", e.connect(addr(&relay), Some(relay.node_id())))
+            .await
+            .expect("to the relay");
+    }
+    bounded("relayed", a.connect_relayed(relay.node_id(), b.node_id()))
+        .await
+        .expect("a reaches b through the relay");
+    assert_eq!(a.relay_of(&b.node_id()), Some(relay.node_id()));
+    a.send(&b.node_id(), 7, b"via the relay")
+        .await
+        .expect("send");
+    let m = recv(&b).await;
+    assert_eq!(
+        (m.from, &m.payload[..]),
+        (a.node_id(), &b"via the relay"[..])
+    );
+    // b answers over the same relayed connection.
+    assert_eq!(b.relay_of(&a.node_id()), Some(relay.node_id()));
+    b.send(&a.node_id(), 8, b"back").await.expect("reply");
+    assert_eq!(&recv(&a).await.payload[..], b"back");
+    let relayed = relay.relay_metrics().expect("the node's endpoint relays");
+    assert!(
+        relayed
+            .relayed_packets
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 4
+    );
+    assert!(
+        a.relay_of(&relay.node_id()).is_none(),
+        "a direct connection"
+    );
+
+    // The relay goes: the relayed connection is closed with it, at once.
+    relay.close();
+    eventually("the relayed connection closes", || {
+        !a.is_connected(&b.node_id()) && !b.is_connected(&a.node_id())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_relay_drops_what_it_is_asked_to_pass_on() {
+    let root = SecretKey::generate();
+    let (a, b) = (node(&root), node(&root));
+    let config = Config {
+        relay: false,
+        ..Config::default()
+    };
+    let relay = start(identity(&root), &root, config);
+    for e in [&a, &b] {
+        bounded("connect", e.connect(addr(&relay), Some(relay.node_id())))
+            .await
+            .expect("to the relay");
+    }
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(2),
+        a.connect_relayed(relay.node_id(), b.node_id()),
+    )
+    .await;
+    assert!(!matches!(attempt, Ok(Ok(_))), "{attempt:?}");
+    let m = relay.relay_metrics().expect("metrics");
+    assert_eq!(
+        m.relayed_packets.load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert!(m.dropped_packets.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+#[tokio::test]
 async fn admitted_nodes_connect_both_ways_and_exchange_messages() {
     let root = SecretKey::generate();
     let a = node(&root);

@@ -164,7 +164,7 @@ pub fn print_placement(p: &aether_admin::types::PlacementJson) {
 /// Prints `alkahest nodes` as a table, the answering node marked with `*`.
 pub fn print_members(members: &[aether_admin::types::MemberJson]) {
     println!(
-        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8} {:<10} {:<11}  MESH",
+        "  {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8} {:<10} {:<20}  MESH",
         "ID", "STATE", "REGION", "RTT", "INC", "INSTANCES", "REQ/S", "DATA PLANE", "REACH"
     );
     for m in members {
@@ -174,7 +174,7 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             .rtt_ms
             .map_or_else(|| "-".to_string(), |r| format!("{r:.1}ms"));
         println!(
-            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1} {:<10} {:<11}  {}{}",
+            "{} {:<22} {:<8} {:<12} {:>8} {:>4} {:>9} {:>8.1} {:<10} {:<20}  {}{}",
             if m.is_self { "*" } else { " " },
             short,
             m.state,
@@ -187,6 +187,9 @@ pub fn print_members(members: &[aether_admin::types::MemberJson]) {
             match (m.reachability.as_str(), m.path.as_str()) {
                 ("", _) => "-".to_string(),
                 (reach, "punched" | "none") => format!("{reach}/{}", m.path),
+                (reach, path) if path.starts_with("relayed") => {
+                    format!("{reach}/{}", path.replace("relayed via ", "via "))
+                }
                 (reach, _) => reach.to_string(),
             },
             m.mesh_addr,

@@ -14,7 +14,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::admission::{self, NodeAdmission};
 use crate::metrics::MeshMetrics;
-use crate::reachability::Reachability;
+use aether_nat::Reachability;
 
 mod nat;
 use crate::{
@@ -56,8 +56,8 @@ struct Driver {
     reachability: Reachability,
     /// When each member's last dial-back request was answered.
     dialled_back: std::collections::HashMap<NodeId, Instant>,
-    /// When a hole punch to each member was last tried.
-    punched_at: std::collections::HashMap<NodeId, Instant>,
+    /// How this node is getting through to each member it cannot dial (punches, relays).
+    traversal: std::collections::HashMap<NodeId, nat::Traversal>,
 }
 
 pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshError> {
@@ -96,7 +96,7 @@ pub(crate) fn spawn(setup: Setup) -> Result<tokio::task::JoinHandle<()>, MeshErr
         sized_for: 5,
         reachability: Reachability::new(setup.advertise),
         dialled_back: std::collections::HashMap::new(),
-        punched_at: std::collections::HashMap::new(),
+        traversal: std::collections::HashMap::new(),
     };
     driver.record_own_admission();
     let commands = setup.commands;
@@ -538,6 +538,9 @@ impl Driver {
             self.endpoint.metrics(),
             revoked,
         );
+        if let Some(relay) = self.endpoint.relay_metrics() {
+            self.metrics.update_relay(relay);
+        }
     }
 
     fn member_list(&self) -> Vec<Member> {

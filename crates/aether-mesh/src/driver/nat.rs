@@ -11,8 +11,8 @@ use rand::seq::SliceRandom as _;
 
 use super::{Driver, send_to};
 use crate::CHANNEL_ADMISSION;
-use crate::reachability::{OBSERVED_LABEL, REACHABILITY_LABEL};
 use crate::{to_member_id, to_node_id};
+use aether_nat::{OBSERVED_LABEL, REACHABILITY_LABEL};
 
 /// Tag of a report of the address the sender sees the receiver at (`IP:PORT` text).
 pub(super) const TAG_OBSERVED: u8 = 3;
@@ -32,6 +32,20 @@ pub(super) const TAG_INTRODUCE: u8 = 6;
 pub(super) const TAG_PUNCH: u8 = 7;
 /// How often a hole punch to one member is tried while there is no connection with it.
 const PUNCH_EVERY: Duration = Duration::from_secs(10);
+/// How long a punch has to bring a connection before a relay is tried.
+const PUNCH_WAIT: Duration = Duration::from_secs(3);
+/// How often a relayed dial to one member is tried (each time through another relay).
+const RELAY_EVERY: Duration = Duration::from_secs(3);
+
+/// How this node is getting through to one member it cannot dial.
+#[derive(Debug, Default)]
+pub(super) struct Traversal {
+    punched_at: Option<Instant>,
+    relayed_at: Option<Instant>,
+    last_relay: Option<NodeId>,
+    /// The relay of the connection with it, while there is one.
+    via: Option<NodeId>,
+}
 
 impl Driver {
     /// Dials `node` back at the address it advertises, on a task, and tells it whether the
@@ -105,19 +119,28 @@ impl Driver {
         }
     }
 
-    /// Tries a hole punch to every live member that members see at a public address
-    /// (`observed-addr`) and that has no connection with this node, at most once every
-    /// [`PUNCH_EVERY`] each: dials that address (opening this side's NAT toward it) and asks a
-    /// member connected to both to introduce this node, so the other dials back at once.
+    /// Gets through to every live member that members see at a public address
+    /// (`observed-addr`) and that has no connection with this node: first a hole punch (dial
+    /// that address, opening this side's NAT toward it, and ask a member connected to both to
+    /// introduce this node, so the other dials back at once), at most every [`PUNCH_EVERY`];
+    /// when no connection came of it within [`PUNCH_WAIT`], a relay: a directly reachable
+    /// member connected to this node, the nearest to both by network coordinates, another one
+    /// each time. A member whose relayed connection was lost (its relay died) gets a new relay
+    /// at once.
     pub(super) fn punch_holes(&mut self) {
         let me = self.endpoint.node_id();
         let now = Instant::now();
-        self.punched_at
-            .retain(|_, at| now.duration_since(*at) < PUNCH_EVERY);
-        let live: Vec<(NodeId, SocketAddr, Option<SocketAddr>)> = self
-            .membership
-            .members()
-            .into_iter()
+        let members = self.membership.members();
+        let label = |m: &aether_membership::MemberInfo, key: &str| {
+            m.metadata.as_ref().and_then(|meta| {
+                meta.labels
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        let live: Vec<(NodeId, Option<SocketAddr>, bool)> = members
+            .iter()
             .filter(|m| {
                 matches!(
                     m.state,
@@ -126,38 +149,108 @@ impl Driver {
             })
             .filter_map(|m| {
                 let node = to_node_id(&m.id)?;
-                let observed = m.metadata.as_ref().and_then(|meta| {
-                    meta.labels
-                        .iter()
-                        .find(|(k, _)| k == OBSERVED_LABEL)
-                        .and_then(|(_, v)| v.parse().ok())
-                });
-                Some((node, m.addr, observed))
+                let observed = label(m, OBSERVED_LABEL).and_then(|v| v.parse().ok());
+                let direct = label(m, REACHABILITY_LABEL).as_deref() == Some("direct");
+                Some((node, observed, direct))
             })
             .filter(|(n, ..)| *n != me && !self.is_revoked(n))
             .collect();
-        let connected: Vec<(NodeId, SocketAddr)> = live
+        let connected: Vec<(NodeId, bool)> = live
             .iter()
             .filter(|(n, ..)| self.endpoint.is_connected(n))
-            .map(|(n, a, _)| (*n, *a))
+            .map(|(n, _, direct)| (*n, *direct))
             .collect();
-        for (node, _, observed) in &live {
+        let alive: std::collections::HashSet<NodeId> = live.iter().map(|(n, ..)| *n).collect();
+        self.traversal.retain(|n, _| alive.contains(n));
+        for (node, observed, _) in &live {
             let Some(public) = *observed else {
                 continue;
             };
-            if self.endpoint.is_connected(node) || self.punched_at.contains_key(node) {
+            let t = self.traversal.entry(*node).or_default();
+            if self.endpoint.is_connected(node) {
+                t.via = self.endpoint.relay_of(node);
                 continue;
             }
-            self.punched_at.insert(*node, now);
-            let introducers: Vec<&(NodeId, SocketAddr)> =
-                connected.iter().filter(|(n, _)| n != node).collect();
-            if let Some((via, via_addr)) = introducers.choose(&mut rand::thread_rng()) {
-                let mut ask = vec![TAG_INTRODUCE];
-                ask.extend(node.as_bytes());
-                self.send_admission(*via, *via_addr, ask);
+            let lost_relay = t.via.take();
+            let punch_due = t
+                .punched_at
+                .is_none_or(|at| now.duration_since(at) >= PUNCH_EVERY);
+            if punch_due && lost_relay.is_none() {
+                t.punched_at = Some(now);
+                let introducer = connected
+                    .iter()
+                    .filter(|(n, _)| n != node)
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .choose(&mut rand::thread_rng())
+                    .copied();
+                if let Some(via) = introducer
+                    && let Some(via_addr) = self.advertised(&via)
+                {
+                    let mut ask = vec![TAG_INTRODUCE];
+                    ask.extend(node.as_bytes());
+                    self.send_admission(via, via_addr, ask);
+                }
+                self.dial_public(*node, public);
+                continue;
             }
-            self.dial_public(*node, public);
+            let waited = t
+                .punched_at
+                .is_some_and(|at| now.duration_since(at) >= PUNCH_WAIT);
+            let relay_due = t
+                .relayed_at
+                .is_none_or(|at| now.duration_since(at) >= RELAY_EVERY);
+            if !(lost_relay.is_some() || (waited && relay_due)) {
+                continue;
+            }
+            let avoid = lost_relay.or(t.last_relay);
+            let target = to_member_id(node);
+            let me_id = to_member_id(&me);
+            let cost = |r: &NodeId| {
+                let r = to_member_id(r);
+                let leg = |a, b| {
+                    self.membership
+                        .estimate_rtt(a, b)
+                        .map_or(1.0, |d| d.as_secs_f64())
+                };
+                leg(&me_id, &r) + leg(&r, &target)
+            };
+            let mut relays: Vec<NodeId> = connected
+                .iter()
+                .filter(|(n, direct)| *direct && n != node)
+                .map(|(n, _)| *n)
+                .collect();
+            relays.sort_by(|a, b| cost(a).total_cmp(&cost(b)));
+            let Some(relay) = relays
+                .iter()
+                .find(|r| Some(**r) != avoid)
+                .or(relays.first())
+                .copied()
+            else {
+                continue;
+            };
+            let t = self.traversal.entry(*node).or_default();
+            t.relayed_at = Some(now);
+            t.last_relay = Some(relay);
+            let endpoint = self.endpoint.clone();
+            let peer = *node;
+            tokio::spawn(async move {
+                match endpoint.connect_relayed(relay, peer).await {
+                    Ok(_) => tracing::info!(%peer, %relay, "connected through a relay"),
+                    Err(e) => tracing::debug!(%peer, %relay, "relayed dial failed: {e}"),
+                }
+            });
         }
+    }
+
+    /// The address `node` advertises, as membership knows it.
+    fn advertised(&self, node: &NodeId) -> Option<SocketAddr> {
+        let id = to_member_id(node);
+        self.membership
+            .members()
+            .into_iter()
+            .find(|m| m.id == id)
+            .map(|m| m.addr)
     }
 
     /// Dials `node` at `public`, on a task.
@@ -230,17 +323,17 @@ impl Driver {
                 )
         });
         let now = Instant::now();
+        let t = self.traversal.entry(peer).or_default();
         if !live
-            || self.is_revoked(&peer)
-            || self.endpoint.is_connected(&peer)
-            || self
-                .punched_at
-                .get(&peer)
-                .is_some_and(|at| now.duration_since(*at) < PUNCH_EVERY / 4)
+            || t.punched_at
+                .is_some_and(|at| now.duration_since(at) < PUNCH_EVERY / 4)
         {
             return;
         }
-        self.punched_at.insert(peer, now);
+        t.punched_at = Some(now);
+        if self.is_revoked(&peer) || self.endpoint.is_connected(&peer) {
+            return;
+        }
         self.dial_public(peer, addr);
     }
 }

@@ -1,13 +1,15 @@
 //! Peers behind NAT, in network namespaces this test creates and removes: an "internet" bridge
-//! (10.237.0.0/24) with two reachable nodes, and three homes, each a router namespace doing
-//! nftables masquerade in front of a node on a private network (homes A and C keep ports, home
-//! B uses `masquerade fully-random`). The homes' nodes join with invites through a reachable
-//! node and are alive in every view; each learns the address members see it at and that no
-//! member can dial it (`nat`), while the reachable ones are `direct`; homes A and C punch a
-//! hole to each other; state written in one home reaches another; a component pinned to home A
-//! is served by home A's node through a reachable node and through home C, while home B's node,
-//! which has no path to home A (its NAT picks a new port for every peer: only a relay would
-//! do), answers 503 naming the constraint instead of serving it itself.
+//! (10.237.0.0/24) with three reachable nodes (the seed started `--no-relay`), and three homes,
+//! each a router namespace doing nftables masquerade in front of a node on a private network
+//! (homes A and C keep ports, home B uses `masquerade fully-random`). The homes' nodes join with
+//! invites through the seed and are alive in every view; each learns the address members see it
+//! at and that no member can dial it (`nat`), while the reachable ones are `direct`; homes A and
+//! C punch a hole to each other; home B, whose NAT picks a new port for every peer, reaches home
+//! A through a relay; state written in one home reaches another. A component pinned to home A
+//! is served by home A's node through a reachable node, through home C and through home B;
+//! killed, the relay is replaced and requests through home B go on; with no relay left, home B
+//! answers 503 naming the constraint instead of serving the component itself. A home cut off by
+//! its router is declared dead, and rejoins once let through again.
 //!
 //! The test thread lives in the bridge's namespace, which routes to the homes' private networks
 //! through their routers (the nodes themselves have no such route): it is the operator's view.
@@ -420,4 +422,30 @@ fn nodes_behind_nat_join_learn_their_reachability_and_keep_intents() {
         "{}",
         refused.body
     );
+
+    // Home C's router drops everything: its node is declared dead like any member; let
+    // through again, it rejoins.
+    let id_c = home_c.id();
+    let gw_c = spaces.name("gwc");
+    run_in(&gw_c, "nft", &["add", "table", "inet", "cut"]);
+    run_in(
+        &gw_c,
+        "nft",
+        &["add chain inet cut forward { type filter hook forward priority -10; policy drop; }"],
+    );
+    let state_of_c = |observer: &Node| {
+        observer
+            .members()
+            .iter()
+            .find(|m| m["id"] == id_c.as_str())
+            .map(|m| m["state"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    };
+    eventually("home C is declared dead", Duration::from_secs(60), || {
+        state_of_c(&reach1) == "dead" && state_of_c(&home_a) == "dead"
+    });
+    run_in(&gw_c, "nft", &["delete", "table", "inet", "cut"]);
+    eventually("home C rejoins", Duration::from_secs(60), || {
+        state_of_c(&reach1) == "alive" && state_of_c(&home_a) == "alive"
+    });
 }

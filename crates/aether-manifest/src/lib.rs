@@ -47,6 +47,8 @@
 //! # Spread replicas over regions rather than pack them near users. Default: false, since
 //! # packing keeps latency low; enable it to survive the loss of a region.
 //! spread = true
+//! # Serve only from nodes members can dial directly (not behind NAT). Default: false.
+//! reachable = false
 //! # With min = 0: idle time before an instance is scaled to zero (1s to 24h).
 //! # Default: none, the node's default applies.
 //! idle_timeout = "5m"

@@ -332,6 +332,7 @@ fn type_help(path: Option<&FieldPath>, expected: &str) -> String {
         Some("routes") => "routes = [\"/\", \"/api\"]",
         Some("regions") => "regions = [\"eu-west\", \"ap-southeast\"]",
         Some("spread") => "spread = true",
+        Some("reachable") => "reachable = true",
         Some("fuel") => "fuel = 1000000",
         Some("max_concurrency") => "max_concurrency = 100",
         Some("outbound_http") => "outbound_http = [\"api.example.com\"]",

@@ -408,6 +408,13 @@ pub struct Intent {
     /// availability when a whole region may fail.
     pub spread: bool,
 
+    /// Serve only from nodes members can dial directly (not behind NAT): for a component that
+    /// must answer from a stable, reachable address. Nodes learn their reachability and
+    /// advertise it as the label `reachability`; this is the same as requiring the label
+    /// `reachability = "direct"`. Default: false, any node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reachable: bool,
+
     /// With `replicas.min = 0`, how long an instance may stay idle before it is scaled to zero
     /// (between 1s and 24h). Default: none, the node's default applies.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -424,6 +431,7 @@ impl Default for Intent {
             labels: BTreeMap::new(),
             arch: Vec::new(),
             spread: false,
+            reachable: false,
             idle_timeout: None,
         }
     }

@@ -30,6 +30,7 @@ pub(crate) const SECTIONS: &[(&str, &[&str])] = &[
             "labels",
             "arch",
             "spread",
+            "reachable",
             "idle_timeout",
         ],
     ),

@@ -127,6 +127,7 @@ fn full_example_sets_every_field() {
             labels: map(&[("tier", "edge"), ("example.com/gpu", "none")]),
             arch: strings(&["x86_64", "aarch64"]),
             spread: true,
+            reachable: true,
             idle_timeout: Some(Duration::from_secs(300)),
         },
         limits: Limits {

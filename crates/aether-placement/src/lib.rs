@@ -97,6 +97,10 @@ pub const ARCH_LABEL: &str = "arch";
 /// A member's id: its ed25519 public key, as membership names it.
 pub type MemberId = [u8; 32];
 
+/// The member label a node gives its reachability (`direct` when members can dial it), which
+/// `intent.reachable` requires to be `direct`.
+pub const REACHABILITY_LABEL: &str = "reachability";
+
 /// One deployment to place, as the lattice state records it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Deployment {
@@ -118,12 +122,19 @@ pub struct Deployment {
 
 impl Deployment {
     /// A deployment of `manifest` with `desired` replicas; the memory per replica is
-    /// `intent.memory`, else `limits.memory`.
+    /// `intent.memory`, else `limits.memory`. `intent.reachable` becomes the label requirement
+    /// `reachability = "direct"` ([`REACHABILITY_LABEL`]).
     pub fn from_manifest(manifest: &Manifest, content_hash: [u8; 32], desired: u32) -> Self {
+        let mut intent = manifest.intent.clone();
+        if intent.reachable {
+            intent
+                .labels
+                .insert(REACHABILITY_LABEL.to_string(), "direct".to_string());
+        }
         Self {
             name: manifest.name.clone(),
             content_hash,
-            intent: manifest.intent.clone(),
+            intent,
             memory_per_replica: manifest.intent.memory.unwrap_or(manifest.limits.memory).0,
             desired,
             excluded: Vec::new(),

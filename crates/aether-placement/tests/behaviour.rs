@@ -177,6 +177,43 @@ fn latency_report_names_the_best_node_and_the_target() {
 }
 
 #[test]
+fn a_reachable_intent_places_only_on_directly_reachable_members() {
+    let manifest = aether_manifest::parse(
+        "name = \"public\"\ncomponent = \"p.wasm\"\n[intent]\nreplicas = 2\nreachable = true\n",
+        "Aetherfile",
+    )
+    .expect("manifest");
+    let d = Deployment::from_manifest(&manifest, [0; 32], 2);
+    let mut members: Vec<_> = (1..=4).map(|i| member(i, "eu-west", 4 * GIB)).collect();
+    members[0]
+        .labels
+        .insert("reachability".into(), "direct".into());
+    members[1]
+        .labels
+        .insert("reachability".into(), "nat".into());
+    members[2]
+        .labels
+        .insert("reachability".into(), "direct".into());
+    let p = place(std::slice::from_ref(&d), &members).expect("placement");
+    assert_eq!(
+        hosts(&p, "public"),
+        [id(1), id(3)].into_iter().collect(),
+        "members 2 (behind NAT) and 4 (not known yet) are left out"
+    );
+    assert_eq!(
+        unmet_constraint(&d, &members[1])
+            .map(|e| e.to_string())
+            .as_deref(),
+        Some("label reachability=nat, intent wants reachability=direct")
+    );
+    // Without the flag, any member will do.
+    let mut any = manifest.clone();
+    any.intent.reachable = false;
+    let d = Deployment::from_manifest(&any, [0; 32], 2);
+    assert_eq!(unmet_constraint(&d, &members[1]), None);
+}
+
+#[test]
 fn a_member_meets_an_intent_by_itself_or_names_what_it_lacks() {
     let mut m = member(1, "eu-west", 4 * GIB);
     let mut d = deployment("residency", 1);

@@ -551,6 +551,15 @@ impl Endpoint {
         self.inner.relay.as_ref()?.relay_of(&addr)
     }
 
+    /// Tests only: makes this endpoint, as a relay, flip a byte in each of the next `count`
+    /// datagrams it passes on.
+    #[cfg(test)]
+    pub(crate) fn damage_relayed(&self, count: u64) {
+        if let Some(relay) = &self.inner.relay {
+            relay.to_damage.store(count, Ordering::Relaxed);
+        }
+    }
+
     /// What this endpoint relayed for other peers (none on a sibling).
     pub fn relay_metrics(&self) -> Option<&RelayMetrics> {
         self.inner.relay.as_ref().map(|r| &r.metrics)

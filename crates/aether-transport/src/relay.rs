@@ -50,6 +50,10 @@ pub struct RelayMetrics {
 /// id), the virtual addresses, the budget per pair.
 pub(crate) struct RelayTable {
     relaying: bool,
+    /// Tests only: flip a byte in each of the next this many datagrams passed on, as a relay
+    /// that tampers would.
+    #[cfg(test)]
+    pub(crate) to_damage: AtomicU64,
     started: Instant,
     state: Mutex<RelayState>,
     pub(crate) metrics: RelayMetrics,
@@ -89,6 +93,8 @@ impl RelayTable {
                 limiter: PairLimiter::new(rate, rate.max(1 << 20)),
             }),
             metrics: RelayMetrics::default(),
+            #[cfg(test)]
+            to_damage: AtomicU64::new(0),
         }
     }
 
@@ -187,7 +193,18 @@ impl RelaySocket {
             m.dropped_packets.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let wrapped = envelope::wrap(Kind::From, &origin, datagram);
+        #[allow(unused_mut)]
+        let mut wrapped = envelope::wrap(Kind::From, &origin, datagram);
+        #[cfg(test)]
+        if self
+            .table
+            .to_damage
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            let middle = HEADER + datagram.len() / 2;
+            wrapped[middle] ^= 0x01;
+        }
         let sent = self.inner.try_send(&Transmit {
             destination: dest,
             ecn: None,

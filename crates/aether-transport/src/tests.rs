@@ -205,6 +205,38 @@ async fn two_peers_talk_end_to_end_through_a_relay() {
 }
 
 #[tokio::test]
+async fn a_relay_that_flips_bytes_spoils_only_those_datagrams() {
+    let root = SecretKey::generate();
+    let (a, relay, b) = (node(&root), node(&root), node(&root));
+    for e in [&a, &b] {
+        bounded("connect", e.connect(addr(&relay), Some(relay.node_id())))
+            .await
+            .expect("to the relay");
+    }
+    bounded("relayed", a.connect_relayed(relay.node_id(), b.node_id()))
+        .await
+        .expect("a reaches b through the relay");
+    // The next datagrams it passes on are damaged: QUIC drops each (it fails authentication)
+    // and sends its contents again; every message arrives intact, the connection lives on.
+    relay.damage_relayed(8);
+    for i in 0..30u8 {
+        a.send(&b.node_id(), 7, &[i; 900]).await.expect("send");
+    }
+    let mut got: Vec<u8> = Vec::new();
+    for _ in 0..30 {
+        let m = recv(&b).await;
+        assert_eq!(m.payload.len(), 900);
+        assert!(m.payload.iter().all(|x| *x == m.payload[0]), "intact");
+        got.push(m.payload[0]);
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..30).collect::<Vec<u8>>());
+    assert!(a.is_connected(&b.node_id()), "the connection lives on");
+    let m = relay.relay_metrics().expect("metrics");
+    assert!(m.relayed_packets.load(std::sync::atomic::Ordering::Relaxed) > 30);
+}
+
+#[tokio::test]
 async fn a_node_that_does_not_relay_drops_what_it_is_asked_to_pass_on() {
     let root = SecretKey::generate();
     let (a, b) = (node(&root), node(&root));

@@ -199,7 +199,7 @@ impl RelaySocket {
         if self
             .table
             .to_damage
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .try_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
             .is_ok()
         {
             let middle = HEADER + datagram.len() / 2;

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # NAT traversal benchmark, in network namespaces this script creates and removes: an "internet"
-# bridge (10.239.0.0/24) with three reachable nodes, and three homes, each a router namespace
-# doing nftables masquerade (and dropping unasked WAN traffic, as home routers do) in front of
-# a node on a private network: homes A and C keep ports, home B's NAT is `fully-random`. One
+# bridge (10.239.0.0/24) with three reachable nodes, and four homes, each a router namespace in
+# front of a node on a network of its own: homes A and C masquerade keeping ports, home B
+# masquerades `fully-random` (all three drop unasked WAN traffic, as home routers do), and home
+# D routes without NAT (its node is directly reachable, one router away like the others). One
 # run, figures side by side:
 #
-# 1. A request forwarded to a component on another node, p50 (wrk -c1, --latency) and req/s
-#    (wrk -c16), over a direct path (reach1's ingress → a component on reach2, no NAT), a punched
-#    path (home C's ingress → a component on home A) and a relayed path (home B's ingress → the
-#    same component on home A, through a reachable member). Bars: punched within 10 % of direct;
-#    relayed adds ≤ 0.3 ms p50 and keeps ≥ 60 % of direct req/s.
+# 1. A request forwarded to a component on home A's node (behind NAT), p50 (wrk -c1,
+#    --latency) and req/s (wrk -c16), through home D's ingress (a direct path: no punch, no
+#    relay), home C's (a punched path) and home B's (a relayed path, through a reachable
+#    member). Every case crosses the same routers: the client's request to the home's node,
+#    then the hop from that node to home A. Bars: punched within 10 % of direct; relayed adds
+#    ≤ 0.3 ms p50 and keeps ≥ 60 % of direct req/s.
 # 2. Time from a node's start to alive in every other node's view, for a NAT'd node (home C's,
 #    restarted) against a directly reachable one (reach3, restarted), ROUNDS times each. Bar:
 #    NAT'd ≤ 2× direct.
@@ -63,7 +65,7 @@ for i in 1 2 3; do
   ip -n "$INET" link set "r$i-$ID" master br0 up
   ADDR[reach$i]="10.239.0.$i"
 done
-home() { # home NAME WAN_OCTET LAN_PREFIX MASQUERADE...
+home() { # home NAME WAN_OCTET LAN_PREFIX MASQUERADE... ("route": no NAT, no firewall)
   local name=$1 wan="10.239.0.$2" lan=$3; shift 3
   local gw="gw$name" inside="home$name"
   add_ns "$gw"; add_ns "$inside"
@@ -78,19 +80,25 @@ home() { # home NAME WAN_OCTET LAN_PREFIX MASQUERADE...
   ip -n "$(ns "$inside")" link set eth0 up
   ip -n "$(ns "$inside")" route add default via "$lan.1"
   ip netns exec "$(ns "$gw")" sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'
-  ip netns exec "$(ns "$gw")" nft add table ip nat
-  ip netns exec "$(ns "$gw")" nft 'add chain ip nat post { type nat hook postrouting priority 100; }'
-  ip netns exec "$(ns "$gw")" nft "add rule ip nat post oifname wan ip saddr $lan.0/24 $*"
-  ip netns exec "$(ns "$gw")" nft add table inet firewall
-  ip netns exec "$(ns "$gw")" nft 'add chain inet firewall input { type filter hook input priority 0; }'
-  ip netns exec "$(ns "$gw")" nft 'add rule inet firewall input iifname wan ct state established,related accept'
-  ip netns exec "$(ns "$gw")" nft 'add rule inet firewall input iifname wan drop'
+  if [ "$1" != route ]; then
+    ip netns exec "$(ns "$gw")" nft add table ip nat
+    ip netns exec "$(ns "$gw")" nft 'add chain ip nat post { type nat hook postrouting priority 100; }'
+    ip netns exec "$(ns "$gw")" nft "add rule ip nat post oifname wan ip saddr $lan.0/24 $*"
+    ip netns exec "$(ns "$gw")" nft add table inet firewall
+    ip netns exec "$(ns "$gw")" nft 'add chain inet firewall input { type filter hook input priority 0; }'
+    ip netns exec "$(ns "$gw")" nft 'add rule inet firewall input iifname wan ct state established,related accept'
+    ip netns exec "$(ns "$gw")" nft 'add rule inet firewall input iifname wan drop'
+  fi
   ip -n "$INET" route add "$lan.0/24" via "$wan"
   ADDR[home$name]="$lan.2"
+  ADDR[gw$name]="$wan"
 }
 home a 11 192.168.211 masquerade
 home b 12 192.168.212 masquerade fully-random
 home c 13 192.168.213 masquerade
+home d 14 192.168.214 route
+# Home D's network is routed, not hidden: every other namespace on the bridge reaches it.
+for n in reach1 reach2 reach3 gwa gwb gwc; do ip -n "$(ns "$n")" route add 192.168.214.0/24 via "${ADDR[gwd]}"; done
 
 export ALKAHEST_HOME="$WORK/home"
 ALK="$ROOT/target/$DIR/alkahest"
@@ -114,7 +122,7 @@ ready() { # ready NODE: its admin API answers
   for _ in $(seq 1 200); do in_inet curl -s -o /dev/null "http://$(admin "$1")/healthz" && return; sleep 0.05; done
   echo "$1 did not start; its log:" >&2; tail -20 "$WORK/$1.log" >&2; exit 1
 }
-NODES=(reach1 reach2 reach3 homea homeb homec)
+NODES=(reach1 reach2 reach3 homea homeb homec homed)
 node_id() { in_inet "$ALK" --node "$(admin "$1")" nodes --json | python3 -c "import json,sys; print(next(m['id'] for m in json.load(sys.stdin) if m['is_self']))"; }
 # alive_in OBSERVER ID: whether OBSERVER sees ID alive
 alive_in() { in_inet "$ALK" --node "$(admin "$1")" nodes --json 2>/dev/null | python3 -c "import json,sys; sys.exit(0 if any(m['id']=='$2' and m['state']=='alive' for m in json.load(sys.stdin)) else 1)"; }
@@ -126,13 +134,14 @@ path_of() { # path_of FROM TO_ID
   in_inet "$ALK" --node "$(admin "$1")" nodes --json | python3 -c "import json,sys; print(next((m['path'] for m in json.load(sys.stdin) if m['id']=='$2'), ''))"
 }
 
-log "starting six nodes"
+log "starting seven nodes"
 start reach1 --label where=reach1; ready reach1
 start reach2 --label where=reach2; ready reach2
 start reach3 --label where=reach3; ready reach3
 start homea --label where=homea; ready homea
 start homeb --label where=homeb; ready homeb
 start homec --label where=homec; ready homec
+start homed --label where=homed; ready homed
 declare -A NID=()
 for n in "${NODES[@]}"; do NID[$n]="$(node_id "$n")"; done
 for _ in $(seq 1 300); do
@@ -141,26 +150,24 @@ for _ in $(seq 1 300); do
   [ "$ok" = 1 ] && break
   sleep 0.2
 done
-[ "$ok" = 1 ] || { echo "the six nodes do not all see each other" >&2; exit 1; }
+[ "$ok" = 1 ] || { echo "the seven nodes do not all see each other" >&2; exit 1; }
 
-mkdir -p "$WORK/direct" "$WORK/nated"
-cp target/fixtures/probe.wasm "$WORK/direct/app.wasm"
+mkdir -p "$WORK/nated"
 cp target/fixtures/probe.wasm "$WORK/nated/app.wasm"
-printf 'name = "ondirect"\ncomponent = "app.wasm"\n[http]\nroutes = ["/ondirect"]\n[intent]\nlabels = { where = "reach2" }\n' >"$WORK/direct/Aetherfile"
-printf 'name = "onhome"\ncomponent = "app.wasm"\n[http]\nroutes = ["/onhome"]\n[intent]\nlabels = { where = "homea" }\n' >"$WORK/nated/Aetherfile"
-in_inet "$ALK" --node "$(admin reach1)" deploy "$WORK/direct" --no-build >/dev/null
+printf 'name = "onhome"\ncomponent = "app.wasm"\n[http]\nroutes = ["/echo"]\n[intent]\nlabels = { where = "homea" }\n' >"$WORK/nated/Aetherfile"
 in_inet "$ALK" --node "$(admin reach1)" deploy "$WORK/nated" --no-build >/dev/null
 
 # The paths each case takes, once they settle.
 for _ in $(seq 1 300); do
-  pc="$(path_of homec "${NID[homea]}")"; pb="$(path_of homeb "${NID[homea]}")"
-  if [ "$pc" = punched ] && [[ "$pb" == relayed* ]] \
-    && in_inet curl -sf -o /dev/null "http://${ADDR[reach1]}:18080/ondirect" \
-    && in_inet curl -sf -o /dev/null "http://${ADDR[homec]}:18080/onhome" \
-    && in_inet curl -sf -o /dev/null "http://${ADDR[homeb]}:18080/onhome"; then break; fi
+  pd="$(path_of homed "${NID[homea]}")"; pc="$(path_of homec "${NID[homea]}")"; pb="$(path_of homeb "${NID[homea]}")"
+  if [ "$pd" = direct ] && [ "$pc" = punched ] && [[ "$pb" == relayed* ]] \
+    && in_inet curl -sf -o /dev/null "http://${ADDR[homed]}:18080/echo" \
+    && in_inet curl -sf -o /dev/null "http://${ADDR[homec]}:18080/echo" \
+    && in_inet curl -sf -o /dev/null "http://${ADDR[homeb]}:18080/echo"; then settled=1; break; fi
   sleep 0.2
 done
-log "home C → home A: $pc; home B → home A: $pb"
+[ "${settled:-0}" = 1 ] || { echo "the paths did not settle: D→A $pd, C→A $pc, B→A $pb" >&2; exit 1; }
+log "home D → home A: $pd; home C → home A: $pc; home B → home A: $pb"
 
 measure() { # measure URL → "p50_ms req_s"
   in_inet wrk -t1 -c1 -d2s "$1" >/dev/null 2>&1 || true
@@ -170,14 +177,14 @@ measure() { # measure URL → "p50_ms req_s"
   echo "$p50 $rps"
 }
 log "direct path"
-read -r d50 drps <<<"$(measure "http://${ADDR[reach1]}:18080/ondirect")"
+read -r d50 drps <<<"$(measure "http://${ADDR[homed]}:18080/echo")"
 log "punched path"
-read -r p50 prps <<<"$(measure "http://${ADDR[homec]}:18080/onhome")"
+read -r p50 prps <<<"$(measure "http://${ADDR[homec]}:18080/echo")"
 log "relayed path"
-read -r r50 rrps <<<"$(measure "http://${ADDR[homeb]}:18080/onhome")"
+read -r r50 rrps <<<"$(measure "http://${ADDR[homeb]}:18080/echo")"
 
 # Time to alive: restart a node and time until every other node sees it alive.
-time_to_alive() { # time_to_alive NODE → seconds
+time_to_alive() { # time_to_alive NODE: sets TOOK to the seconds it took
   local n=$1 t0 t1
   kill -9 "${PIDS[$n]}"; wait "${PIDS[$n]}" 2>/dev/null || true
   # Wait until the others have declared it dead, so "alive" is news.
@@ -186,23 +193,23 @@ time_to_alive() { # time_to_alive NODE → seconds
   start "$n" --label "where=$n"
   for _ in $(seq 1 600); do alive_everywhere "$n" "${NID[$n]}" && break; sleep 0.05; done
   t1=$(date +%s.%N)
-  python3 -c "print(f'{$t1 - $t0:.2f}')"
+  TOOK=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
 }
 direct_times=(); nat_times=()
 for r in $(seq 1 "$ROUNDS"); do
   log "time to alive, round $r"
-  direct_times+=("$(time_to_alive reach3)")
-  nat_times+=("$(time_to_alive homec)")
+  time_to_alive reach3; direct_times+=("$TOOK")
+  time_to_alive homec; nat_times+=("$TOOK")
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 dt=$(median "${direct_times[@]}"); nt=$(median "${nat_times[@]}")
 
 pct() { python3 -c "print(f'{100*$1/$2:.0f}')"; }
-echo "## NAT traversal: 3 reachable nodes and 3 homes in network namespaces ($PROFILE build)"
+echo "## NAT traversal: 3 reachable nodes and 4 homes in network namespaces ($PROFILE build)"
 echo
-echo "| path (request forwarded to the component's host) | p50 (wrk -c1) | req/s (wrk -c16) | p50 against direct | req/s against direct |"
+echo "| path to the component on home A (behind NAT) | p50 (wrk -c1) | req/s (wrk -c16) | p50 against direct | req/s against direct |"
 echo "|---|---:|---:|---:|---:|"
-echo "| direct (reach1 → reach2, no NAT) | $d50 ms | $drps | | |"
+echo "| direct (through home D, routed: no punch, no relay) | $d50 ms | $drps | | |"
 echo "| punched (home C → home A) | $p50 ms | $prps | $(python3 -c "print(f'{$p50-$d50:+.3f} ms ({100*$p50/$d50-100:+.0f} %)')") | $(pct "$prps" "$drps") % |"
 echo "| relayed (home B → home A, $pb) | $r50 ms | $rrps | $(python3 -c "print(f'{$r50-$d50:+.3f} ms ({100*$r50/$d50-100:+.0f} %)')") | $(pct "$rrps" "$drps") % |"
 echo

@@ -513,9 +513,13 @@ impl Endpoint {
     }
 
     /// The address `node`'s cached connection comes from, as this endpoint sees it (for a peer
-    /// behind NAT: the NAT's public address and port, not the one it advertises).
+    /// behind NAT: the NAT's public address and port, not the one it advertises); `None` when
+    /// there is no connection, or it goes through a relay (which hides where the peer is).
     pub fn remote_addr(&self, node: &NodeId) -> Option<SocketAddr> {
-        self.inner.cached(node).map(|c| c.remote_address())
+        self.inner
+            .cached(node)
+            .map(|c| c.remote_address())
+            .filter(|a| !is_virtual(a))
     }
 
     /// A connection to `peer` through `relay` (a peer this node has a connection with, which

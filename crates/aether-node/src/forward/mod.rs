@@ -234,6 +234,35 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// What a host reached through a relay is assumed to add to its round trip when its own is
+/// unknown.
+const RELAY_DETOUR: Duration = Duration::from_millis(1);
+
+/// `hosts` as forwarding ranks them: one this node reaches through a relay counts its round
+/// trip twice (there and through the relay, which is chosen near both) plus
+/// [`RELAY_DETOUR`], and the hosts are ordered again (healthy first, nearest first), so direct
+/// and punched paths come before relayed ones to hosts about as near.
+fn with_relay_detours<'a>(
+    hosts: &'a [Host],
+    relayed: impl Fn(&NodeId) -> bool,
+) -> std::borrow::Cow<'a, [Host]> {
+    if !hosts.iter().any(|h| relayed(&h.id)) {
+        return std::borrow::Cow::Borrowed(hosts);
+    }
+    let mut ranked: Vec<Host> = hosts
+        .iter()
+        .map(|h| {
+            let mut h = h.clone();
+            if relayed(&h.id) {
+                h.rtt = Some(h.rtt.map_or(RELAY_DETOUR, |r| r * 2 + RELAY_DETOUR));
+            }
+            h
+        })
+        .collect();
+    ranked.sort_by_key(|h| (!h.healthy, h.rtt.unwrap_or(Duration::MAX)));
+    std::borrow::Cow::Owned(ranked)
+}
+
 /// How much farther than the nearest host a host may be and still share its
 /// load: the larger of this and half the nearest host's round trip.
 const NEAR_BAND: Duration = Duration::from_millis(2);
@@ -560,10 +589,11 @@ impl Forwarder {
         // it did not run it.
         let mut may_have_run = false;
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let order = try_order(hosts, |id| self.in_flight.count(id), turn);
+        let ranked = with_relay_detours(hosts, |id| self.endpoint.relay_of(id).is_some());
+        let order = try_order(&ranked, |id| self.in_flight.count(id), turn);
         let tries = order.len();
         let mut tried = Vec::with_capacity(tries);
-        for (attempt, host) in order.into_iter().map(|i| &hosts[i]).enumerate() {
+        for (attempt, host) in order.into_iter().map(|i| &ranked[i]).enumerate() {
             if attempt > 0 {
                 self.metrics.retried.inc();
             }
@@ -664,6 +694,21 @@ mod tests {
             rtt: rtt_ms.map(Duration::from_millis),
             healthy,
         }
+    }
+
+    #[test]
+    fn a_host_behind_a_relay_comes_after_an_equally_near_direct_one() {
+        let hosts = [
+            host(1, Some(2), true, 1),
+            host(2, Some(2), true, 1),
+        ];
+        let ranked = with_relay_detours(&hosts, |id| *id == hosts[0].id);
+        for turn in 0..4 {
+            let first = &ranked[try_order(&ranked, |_| 0, turn)[0]];
+            assert_eq!(first.id, hosts[1].id, "the direct host first");
+        }
+        let plain = with_relay_detours(&hosts, |_| false);
+        assert!(matches!(plain, std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -698,10 +698,7 @@ mod tests {
 
     #[test]
     fn a_host_behind_a_relay_comes_after_an_equally_near_direct_one() {
-        let hosts = [
-            host(1, Some(2), true, 1),
-            host(2, Some(2), true, 1),
-        ];
+        let hosts = [host(1, Some(2), true, 1), host(2, Some(2), true, 1)];
         let ranked = with_relay_detours(&hosts, |id| *id == hosts[0].id);
         for turn in 0..4 {
             let first = &ranked[try_order(&ranked, |_| 0, turn)[0]];

@@ -191,6 +191,7 @@ async fn handle(state: &AdminState, req: hyper::Request<Incoming>) -> Response<A
 
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return Response::new(body("ok\n")),
+        (&Method::GET, "/sd/prometheus") => return prometheus_targets(state).await,
         (&Method::GET, "/metrics") => {
             let mut text = String::new();
             if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &state.registry) {
@@ -567,4 +568,82 @@ async fn revoke(state: &AdminState, body: &[u8]) -> Response<AdminBody> {
         }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// One target group of Prometheus' HTTP service discovery (`http_sd_configs`).
+#[derive(serde::Serialize)]
+struct TargetGroup {
+    targets: Vec<String>,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `GET /sd/prometheus`: every live member's metrics target (its admin API, where `/metrics`
+/// answers), in the format of Prometheus' `http_sd_configs`; unauthenticated, like `/metrics`.
+/// A member that does not advertise its admin address is left out.
+async fn prometheus_targets(state: &AdminState) -> Response<AdminBody> {
+    let mut groups = Vec::new();
+    let me = |addr: SocketAddr| TargetGroup {
+        targets: vec![addr.to_string()],
+        labels: [
+            (
+                "aether_node".to_string(),
+                crate::schedule::short(&state.node_id),
+            ),
+            (
+                "__meta_aether_node_id".to_string(),
+                state.node_id.to_string(),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let Some(mesh) = &state.mesh else {
+        groups.push(me(state.admin_addr));
+        return json(StatusCode::OK, &groups);
+    };
+    let members = match mesh.members().await {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    for m in members {
+        if !matches!(
+            m.status,
+            aether_mesh::MemberStatus::Alive | aether_mesh::MemberStatus::Suspect
+        ) {
+            continue;
+        }
+        let meta = m.metadata.unwrap_or_default();
+        let label = |key: &str| {
+            meta.labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let target = if m.is_self && !state.admin_addr.ip().is_unspecified() {
+            Some(state.admin_addr.to_string())
+        } else {
+            label(crate::ADMIN_ADDR_LABEL)
+        };
+        let Some(target) = target else {
+            continue;
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("aether_node".to_string(), crate::schedule::short(&m.id));
+        labels.insert("__meta_aether_node_id".to_string(), m.id.to_string());
+        labels.insert(
+            "__meta_aether_state".to_string(),
+            m.status.as_str().to_string(),
+        );
+        if !meta.region.is_empty() {
+            labels.insert("__meta_aether_region".to_string(), meta.region.clone());
+        }
+        if let Some(reach) = label(aether_nat::REACHABILITY_LABEL) {
+            labels.insert("__meta_aether_reachability".to_string(), reach);
+        }
+        groups.push(TargetGroup {
+            targets: vec![target],
+            labels,
+        });
+    }
+    json(StatusCode::OK, &groups)
 }

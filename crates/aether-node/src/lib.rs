@@ -263,6 +263,9 @@ impl Node {
 }
 
 /// Decides the node's admission and, when it has one, starts its mesh.
+/// The member label giving where a node's admin API answers (`IP:PORT`).
+pub const ADMIN_ADDR_LABEL: &str = "admin-addr";
+
 async fn start_mesh(
     config: &NodeConfig,
     setup: &MeshSetup,
@@ -322,6 +325,19 @@ async fn start_mesh(
     mesh_config
         .extra_labels
         .push(("data-plane".to_string(), data_plane.to_string()));
+    // Where this node's admin API (and `/metrics`) answers, for Prometheus discovery.
+    if config.admin_addr.port() != 0 {
+        let ip = match config.admin_addr.ip() {
+            ip if ip.is_unspecified() => mesh_config
+                .advertise
+                .map_or(mesh_config.listen.ip(), |a| a.ip()),
+            ip => ip,
+        };
+        mesh_config.extra_labels.push((
+            ADMIN_ADDR_LABEL.to_string(),
+            SocketAddr::new(ip, config.admin_addr.port()).to_string(),
+        ));
+    }
     let listen = mesh_config.listen;
     let handle = aether_mesh::Mesh::start(mesh_config, node_key, admission)
         .await

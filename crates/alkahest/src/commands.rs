@@ -157,6 +157,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => revoke(&home, node.as_deref(), &id, &reason, json).await,
         Command::Kv { command } => kv(&home, node.as_deref(), command).await,
+        Command::Top { interval } => {
+            let client = client(&home, node.as_deref())?;
+            let key = home.root_key()?;
+            crate::top::run(client, key, interval).await
+        }
         Command::Settings { command, json } => {
             settings(&home, node.as_deref(), command, json).await
         }

@@ -5,6 +5,7 @@ mod node_addr;
 mod output;
 mod project;
 mod rollouts;
+mod top;
 mod up;
 
 use std::net::SocketAddr;
@@ -245,6 +246,13 @@ enum Command {
         /// A rollback goes all at once unless these ask for a canary.
         #[command(flatten)]
         strategy: StrategyArgs,
+    },
+    /// A live view of the lattice in the terminal: members and components with their rates.
+    /// `q` quits.
+    Top {
+        /// How often to refresh (e.g. 500ms, 2s).
+        #[arg(long, default_value = "1s", value_parser = top::parse_interval)]
+        interval: std::time::Duration,
     },
     /// The lattice-wide settings every node follows: print them, or change one with `set`.
     Settings {

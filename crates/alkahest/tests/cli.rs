@@ -781,3 +781,104 @@ fn up_with_three_nodes_serves_from_every_node() {
     let status = up.wait_exit(EXIT_TIMEOUT);
     assert_eq!(status.code(), Some(0), "{}", up.output());
 }
+
+/// A private tmux server (its own socket), killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new("tmux");
+        cmd.arg("-L").arg(&self.0);
+        cmd
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", "top"])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn running(&self) -> bool {
+        self.cmd()
+            .args(["has-session", "-t", "top"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").stderr(Stdio::null()).status();
+    }
+}
+
+#[test]
+fn top_shows_the_lattice_live_and_q_quits() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        panic!("no tmux: run scripts/system-deps.sh (it installs it)");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = dir.path();
+    let [port, admin_port] = free_ports();
+    let (listen, admin) = (local(port), local(admin_port));
+    lattice_init(dir);
+    project(dir, "hello");
+    let mut up = Up::spawn(dir, dir, listen, Some(admin));
+    up.wait_serving(UP_TIMEOUT);
+
+    let tmux = Tmux(format!("aether-top-{}", std::process::id()));
+    let started = tmux
+        .cmd()
+        .args(["new-session", "-d", "-s", "top", "-x", "160", "-y", "40"])
+        .arg(format!(
+            "env ALKAHEST_HOME={} {} --node {admin} top --interval 200ms",
+            dir.display(),
+            env!("CARGO_BIN_EXE_alkahest")
+        ))
+        .status()
+        .expect("tmux");
+    assert!(started.success());
+    let wait_for = |what: &str, check: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = tmux.screen();
+            if check(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "{what}; the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let first = wait_for("the view appears", &|s| {
+        s.contains("members") && s.contains("components") && s.contains("1/1 members alive")
+    });
+    assert!(
+        first
+            .lines()
+            .any(|l| l.trim_start_matches('│').trim().starts_with("x ")),
+        "the component's row:\n{first}"
+    );
+    // Live: requests show up without a keystroke.
+    for _ in 0..5 {
+        assert_eq!(get(listen, "/").0, 200);
+    }
+    wait_for("the requests are counted", &|s| {
+        s.lines()
+            .filter(|l| l.contains("x "))
+            .any(|l| l.split_whitespace().any(|w| w == "5"))
+    });
+    let _ = tmux.cmd().args(["send-keys", "-t", "top", "q"]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tmux.running() {
+        assert!(
+            Instant::now() < deadline,
+            "q did not quit:\n{}",
+            tmux.screen()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

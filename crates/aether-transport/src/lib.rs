@@ -99,18 +99,19 @@ use std::net::SocketAddr;
 
 use aether_identity::NodeId;
 
+mod connections;
 mod endpoint;
 mod identity;
+mod protocol;
 mod relay;
 mod verify;
 
 #[cfg(test)]
 mod tests;
 
-pub use endpoint::{
-    Config, Endpoint, IncomingStream, Message, STREAM_REFUSED, StreamService, close_code,
-};
+pub use endpoint::Endpoint;
 pub use identity::{ADMISSION_EXTENSION_OID, ADMISSION_EXTENSION_OID_TEXT, NodeIdentity};
+pub use protocol::{Config, IncomingStream, Message, STREAM_REFUSED, StreamService, close_code};
 pub use quinn::{ReadError, RecvStream, SendStream, WriteError};
 pub use relay::RelayMetrics;
 pub use verify::{

@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use common::block_on;
-use common::cluster::{Node, Operator, eventually, fixture, join_args, metric};
+use common::cluster::{Node, Operator, eventually, fixture, join_args, metric, placed_hosts};
 use http::Method;
 use serde_json::Value;
 
@@ -22,15 +22,7 @@ fn hosts(node: &Node, name: &str) -> Vec<String> {
         bytes::Bytes::new(),
     ))
     .unwrap_or(Value::Null);
-    status["placement"]["hosts"]
-        .as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .filter_map(|h| h["node"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    placed_hosts(&status)
 }
 
 #[test]

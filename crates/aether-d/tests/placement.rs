@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Node, Operator, eventually, fixture, join_args, lattice, metric};
+use common::cluster::{
+    Node, Operator, eventually, fixture, join_args, lattice, metric, placed_hosts,
+};
 use common::http::try_request;
 use common::partition::Partition;
 use http::Method;
@@ -30,15 +32,7 @@ fn component(node: &Node, name: &str) -> Value {
 
 /// The hosts `node`'s placement gives `name`.
 fn hosts(node: &Node, name: &str) -> BTreeSet<String> {
-    component(node, name)["placement"]["hosts"]
-        .as_array()
-        .map(|hosts| {
-            hosts
-                .iter()
-                .filter_map(|h| h["node"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+    placed_hosts(&component(node, name)).into_iter().collect()
 }
 
 #[test]

@@ -93,6 +93,14 @@ pub enum MetadataError {
 }
 
 impl Metadata {
+    /// The value of label `key`, if the node carries it.
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Check every bound, returning the encoded size.
     pub fn validate(&self) -> Result<usize, MetadataError> {
         let short = |field, s: &str, max| {

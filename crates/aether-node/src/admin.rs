@@ -450,20 +450,12 @@ fn logs(state: &AdminState, name: &str, query: Option<&str>) -> Response<AdminBo
 
 fn member_json(m: &aether_mesh::Member) -> MemberJson {
     let meta = m.metadata.clone().unwrap_or_default();
-    let data_plane = meta
-        .labels
-        .iter()
-        .find(|(k, _)| k == "data-plane")
-        .map_or_else(|| "userspace".to_string(), |(_, v)| v.clone());
-    let label = |key: &str| {
-        meta.labels
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-    };
-    let reachability =
-        label(aether_nat::REACHABILITY_LABEL).unwrap_or_else(|| "unknown".to_string());
-    let observed_addr = label(aether_nat::OBSERVED_LABEL);
+    let data_plane = meta.label("data-plane").unwrap_or("userspace").to_string();
+    let reachability = meta
+        .label(aether_nat::REACHABILITY_LABEL)
+        .unwrap_or("unknown")
+        .to_string();
+    let observed_addr = meta.label(aether_nat::OBSERVED_LABEL).map(str::to_string);
     MemberJson {
         data_plane,
         reachability,
@@ -613,12 +605,7 @@ async fn prometheus_targets(state: &AdminState) -> Response<AdminBody> {
             continue;
         }
         let meta = m.metadata.unwrap_or_default();
-        let label = |key: &str| {
-            meta.labels
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v.clone())
-        };
+        let label = |key: &str| meta.label(key).map(str::to_string);
         let target = if m.is_self && !state.admin_addr.ip().is_unspecified() {
             Some(state.admin_addr.to_string())
         } else {

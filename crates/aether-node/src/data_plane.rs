@@ -196,12 +196,11 @@ impl KernelDataPlane {
                     m.is_self || matches!(m.status, MemberStatus::Alive | MemberStatus::Suspect)
                 })
                 .flat_map(|m| {
-                    let observed = m.metadata.as_ref().and_then(|meta| {
-                        meta.labels
-                            .iter()
-                            .find(|(k, _)| k == aether_nat::OBSERVED_LABEL)
-                            .and_then(|(_, v)| v.parse::<std::net::SocketAddr>().ok())
-                    });
+                    let observed = m
+                        .metadata
+                        .as_ref()
+                        .and_then(|meta| meta.label(aether_nat::OBSERVED_LABEL))
+                        .and_then(|v| v.parse::<std::net::SocketAddr>().ok());
                     [
                         Some(m.mesh_addr),
                         mesh.endpoint().remote_addr(&m.id),

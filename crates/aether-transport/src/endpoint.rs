@@ -356,6 +356,10 @@ impl Endpoint {
 
     /// The relay this endpoint's connection with `node` goes through, if it is relayed.
     pub fn relay_of(&self, node: &NodeId) -> Option<NodeId> {
+        // No lock at all while nothing has gone through a relay (the forwarding path asks).
+        if !self.inner.relay.as_ref()?.in_use() {
+            return None;
+        }
         let addr = self.inner.cached(node)?.remote_address();
         if !is_virtual(&addr) {
             return None;

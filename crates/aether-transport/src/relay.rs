@@ -50,6 +50,9 @@ pub struct RelayMetrics {
 /// id), the virtual addresses, the budget per pair.
 pub(crate) struct RelayTable {
     relaying: bool,
+    /// Whether any virtual address was ever made: until then no connection goes through a
+    /// relay, and asking costs no lock.
+    in_use: std::sync::atomic::AtomicBool,
     /// Tests only: flip a byte in each of the next this many datagrams passed on, as a relay
     /// that tampers would.
     #[cfg(test)]
@@ -83,6 +86,7 @@ impl RelayTable {
     pub(crate) fn new(relaying: bool, rate: u64) -> Self {
         Self {
             relaying,
+            in_use: std::sync::atomic::AtomicBool::new(false),
             started: Instant::now(),
             state: Mutex::new(RelayState {
                 by_addr: HashMap::new(),
@@ -135,6 +139,7 @@ impl RelayTable {
         if let Some(v) = s.virtual_of.get(&(relay, peer)) {
             return *v;
         }
+        self.in_use.store(true, Ordering::Relaxed);
         let n = s.next;
         s.next = s.next.wrapping_add(1).max(1) & 0x00ff_ffff;
         let [_, a, b, c] = n.to_be_bytes();
@@ -149,6 +154,11 @@ impl RelayTable {
     /// The address of the connection with `node`, when there is one.
     pub(crate) fn addr_of(&self, node: &NodeId) -> Option<SocketAddr> {
         self.lock().by_node.get(node).copied()
+    }
+
+    /// Whether any connection may go through a relay (a lock-free look).
+    pub(crate) fn in_use(&self) -> bool {
+        self.in_use.load(Ordering::Relaxed)
     }
 
     /// The relay (its id) a virtual address goes through.

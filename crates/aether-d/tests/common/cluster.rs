@@ -417,6 +417,21 @@ pub fn join_args(seed: &Node, invite: Option<&InviteToken>) -> Vec<String> {
     args
 }
 
+/// The hosts a component's status (`GET /v1/components/NAME`) gives it, in placement order
+/// (none when it has no placement).
+#[allow(dead_code)]
+pub fn placed_hosts(status: &Value) -> Vec<String> {
+    status["placement"]["hosts"]
+        .as_array()
+        .map(|hosts| {
+            hosts
+                .iter()
+                .filter_map(|h| h["node"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The names of a rollout's (or drain's) steps, in order, from its status JSON.
 #[allow(dead_code)]
 pub fn step_names(status: &Value) -> Vec<String> {

@@ -47,6 +47,11 @@ pub(super) struct Traversal {
     via: Option<NodeId>,
 }
 
+/// The node id in `bytes`, when they are exactly a valid key.
+fn node_id(bytes: &[u8]) -> Option<NodeId> {
+    PublicKey::from_bytes(&<[u8; 32]>::try_from(bytes).ok()?).ok()
+}
+
 impl Driver {
     /// Dials `node` back at the address it advertises, on a task, and tells it whether the
     /// handshake got through (over the connection it has with this node).
@@ -59,14 +64,7 @@ impl Driver {
         {
             return;
         }
-        let id = to_member_id(&node);
-        let Some(advertised) = self
-            .membership
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .map(|m| m.addr)
-        else {
+        let Some(advertised) = self.advertised(&node) else {
             return;
         };
         self.dialled_back.insert(node, now);
@@ -132,12 +130,7 @@ impl Driver {
         let now = Instant::now();
         let members = self.membership.members();
         let label = |m: &aether_membership::MemberInfo, key: &str| {
-            m.metadata.as_ref().and_then(|meta| {
-                meta.labels
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v.clone())
-            })
+            m.metadata.as_ref()?.label(key).map(str::to_string)
         };
         let live: Vec<(NodeId, Option<SocketAddr>, bool)> = members
             .iter()
@@ -267,10 +260,7 @@ impl Driver {
     /// `from` asks to be introduced to the member named in `body`: when this node is connected
     /// to it, it tells it to dial `from` at the address this node sees `from` at.
     pub(super) fn introduce(&self, from: NodeId, body: &[u8]) {
-        let Some(target) = <[u8; 32]>::try_from(body)
-            .ok()
-            .and_then(|b| PublicKey::from_bytes(&b).ok())
-        else {
+        let Some(target) = node_id(body) else {
             return;
         };
         if target == from || !self.endpoint.is_connected(&target) || self.is_revoked(&target) {
@@ -279,14 +269,7 @@ impl Driver {
         let Some(seen) = self.endpoint.remote_addr(&from) else {
             return;
         };
-        let id = to_member_id(&target);
-        let Some(target_addr) = self
-            .membership
-            .members()
-            .into_iter()
-            .find(|m| m.id == id)
-            .map(|m| m.addr)
-        else {
+        let Some(target_addr) = self.advertised(&target) else {
             return;
         };
         let mut punch = vec![TAG_PUNCH];
@@ -302,10 +285,7 @@ impl Driver {
             return;
         }
         let (id, addr) = body.split_at(32);
-        let Some(peer) = <[u8; 32]>::try_from(id)
-            .ok()
-            .and_then(|b| PublicKey::from_bytes(&b).ok())
-        else {
+        let Some(peer) = node_id(id) else {
             return;
         };
         let Some(addr) = std::str::from_utf8(addr)

@@ -7,6 +7,25 @@ use aether_identity::SecretKey;
 use super::{addr, bounded, eventually, identity, node, recv, start};
 use crate::{Config, TransportError};
 
+/// `a` and `b`, each connected to `relay`.
+async fn both_connected_to(relay: &crate::Endpoint, a: &crate::Endpoint, b: &crate::Endpoint) {
+    for e in [a, b] {
+        bounded("connect", e.connect(addr(relay), Some(relay.node_id())))
+            .await
+            .expect("to the relay");
+    }
+}
+
+/// Three endpoints of one lattice, `a` connected to `b` through the middle one, the relay.
+async fn relayed_pair(root: &SecretKey) -> (crate::Endpoint, crate::Endpoint, crate::Endpoint) {
+    let (a, relay, b) = (node(root), node(root), node(root));
+    both_connected_to(&relay, &a, &b).await;
+    bounded("relayed", a.connect_relayed(relay.node_id(), b.node_id()))
+        .await
+        .expect("a reaches b through the relay");
+    (a, relay, b)
+}
+
 #[tokio::test]
 async fn a_probe_proves_reachability_without_disturbing_connections() {
     let root = SecretKey::generate();
@@ -46,15 +65,7 @@ async fn a_probe_proves_reachability_without_disturbing_connections() {
 #[tokio::test]
 async fn two_peers_talk_end_to_end_through_a_relay() {
     let root = SecretKey::generate();
-    let (a, relay, b) = (node(&root), node(&root), node(&root));
-    for e in [&a, &b] {
-        bounded("connect", e.connect(addr(&relay), Some(relay.node_id())))
-            .await
-            .expect("to the relay");
-    }
-    bounded("relayed", a.connect_relayed(relay.node_id(), b.node_id()))
-        .await
-        .expect("a reaches b through the relay");
+    let (a, relay, b) = relayed_pair(&root).await;
     assert_eq!(a.relay_of(&b.node_id()), Some(relay.node_id()));
     a.send(&b.node_id(), 7, b"via the relay")
         .await
@@ -91,18 +102,12 @@ async fn two_peers_talk_end_to_end_through_a_relay() {
 #[tokio::test]
 async fn a_relay_that_flips_bytes_spoils_only_those_datagrams() {
     let root = SecretKey::generate();
-    let (a, relay, b) = (node(&root), node(&root), node(&root));
-    for e in [&a, &b] {
-        bounded("connect", e.connect(addr(&relay), Some(relay.node_id())))
-            .await
-            .expect("to the relay");
-    }
-    bounded("relayed", a.connect_relayed(relay.node_id(), b.node_id()))
-        .await
-        .expect("a reaches b through the relay");
+    let (a, relay, b) = relayed_pair(&root).await;
     // The next datagrams it passes on are damaged: QUIC drops each (it fails authentication)
     // and sends its contents again; every message arrives intact, the connection lives on.
-    relay.damage_relayed(8);
+    // (Four in a row: each loss doubles QUIC's probe timeout, so many more would only test
+    // patience.)
+    relay.damage_relayed(4);
     for i in 0..30u8 {
         a.send(&b.node_id(), 7, &[i; 900]).await.expect("send");
     }
@@ -129,11 +134,7 @@ async fn a_node_that_does_not_relay_drops_what_it_is_asked_to_pass_on() {
         ..Config::default()
     };
     let relay = start(identity(&root), &root, config);
-    for e in [&a, &b] {
-        bounded("connect", e.connect(addr(&relay), Some(relay.node_id())))
-            .await
-            .expect("to the relay");
-    }
+    both_connected_to(&relay, &a, &b).await;
     let attempt = tokio::time::timeout(
         Duration::from_secs(2),
         a.connect_relayed(relay.node_id(), b.node_id()),

@@ -9,25 +9,15 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd as _;
 use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::block_on;
 use common::cluster::{Node, Operator, eventually, join_args, metric, unix_now};
+use common::netns::{enter, ip};
 use http::Method;
 use serde_json::Value;
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A hub namespace with a bridge, and one namespace per host on it; removed on drop.
 struct Network {
@@ -95,14 +85,6 @@ impl Drop for Network {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
-}
-
-/// Moves the calling thread (and what it starts from now on) into the named namespace.
-fn enter(name: &str) {
-    let file = std::fs::File::open(format!("/var/run/netns/{name}")).expect("netns file");
-    // SAFETY: setns on a valid namespace fd; it changes only this thread's namespace.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
 
 /// A node on host `h` of the network, started inside its namespace (through `launcher`).
